@@ -1,0 +1,37 @@
+# `make test` and `make run` create .venv on first use and install the project into it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision: pip takes the versions this machine holds; elsewhere pip picks a build for your platform.
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint run report ui bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+run: $(STAMP)
+	$(BIN)/ablate run studies/batchnorm.yaml --profile quick
+
+report: $(STAMP)
+	$(BIN)/ablate report batchnorm
+
+ui: $(STAMP)
+	$(BIN)/ablate ui
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""Factor name -> how each level changes the run config (data, not code).
+
+A factor in a study file is one of:
+
+- a registered name below, whose levels are values of one config key
+  (``batchnorm: [true, false]`` sets ``model.batchnorm``);
+- a dotted config key itself (``optim.lr: [1.0e-3, 3.0e-4]``);
+- a mapping from level label to dotted overrides, for levels that change
+  several settings at once::
+
+      augmentation:
+        light: {augment.rotation: 0}
+        heavy: {augment.rotation: 10, augment.erasing: 0.5}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["FACTORS", "factor_overrides", "level_label"]
+
+# Registered factors: name -> the config key its levels set.
+FACTORS: dict[str, str] = {
+    "batchnorm": "model.batchnorm",  # BatchNorm after each conv: true / false
+    "dropout": "model.dropout",  # dropout placement: none / conv / fc / both
+    "dropout_p": "model.dropout_p",  # dropout rate
+    "rotation": "augment.rotation",  # max rotation in degrees, 0 = off
+    "first_pool": "model.first_pool",  # max pooling in the first block: true / false
+    "scheduler": "schedule.name",  # learning-rate schedule
+    "optimizer": "optim.name",  # adam / sgd
+    "model": "model.name",  # registered network
+}
+
+
+def level_label(level: Any) -> str:
+    """How a level is written in cell names and tables: ``true``, ``0.001``, ``fc``."""
+    if isinstance(level, bool):
+        return "true" if level else "false"
+    return str(level)
+
+
+def factor_overrides(name: str, spec: list | dict, level: Any) -> dict[str, Any]:
+    """Dotted config overrides that put factor ``name`` at ``level``.
+
+    Args:
+        name: the factor's name in the study file.
+        spec: its levels as written: a list of values, or a mapping label -> overrides.
+        level: one of the levels (a label when ``spec`` is a mapping).
+
+    Returns:
+        ``{"dotted.key": value, ...}``.
+    """
+    if isinstance(spec, dict):
+        return dict(spec[level])
+    return {FACTORS.get(name, name): level}

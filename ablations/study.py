@@ -1,0 +1,274 @@
+"""Load and validate a study file; expand it into cells (factor levels x seeds).
+
+A study file (YAML) has ``name``, ``question``, ``base`` (dotted overrides of
+the run config), ``factors`` (factor -> levels), ``seeds``, ``metric`` (name,
+direction) and ``profiles`` (named budgets that override ``base``). Everything
+is validated before anything runs: an unknown key, factor or level, a wrong
+type or an empty factor raises :class:`StudyError` naming the file, the key
+path and the valid choices.
+
+YAML note: this loader reads booleans as in YAML 1.2: only ``true``/``false``.
+``on``, ``off``, ``yes``, ``no`` stay strings, and a boolean factor given such
+a level is an error that says so (YAML 1.1 would silently turn them into
+booleans). Floats such as ``1e-3`` are read as numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ablations.factors import FACTORS, factor_overrides, level_label
+from core.config import ConfigError, RunConfig, apply_overrides, config_hash
+from core.models import resolve_model_config
+
+__all__ = ["Cell", "Study", "StudyError", "load_study"]
+
+METRICS = ("test_acc", "test_top3", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_YAML11_BOOLS = {"on", "off", "yes", "no", "y", "n"}
+
+
+class StudyError(ValueError):
+    """A study file is invalid. The message names the file and the key path."""
+
+    def __init__(self, path: str | Path, key: str, message: str) -> None:
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + message)
+        self.path, self.key = str(path), key
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and floats (``1e-3`` is a float)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class MetricSpec(BaseModel):
+    """The study's outcome: a run metric and whether larger is better."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal[METRICS] = "test_acc"  # type: ignore[valid-type]
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class _StudyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=_NAME)
+    question: str
+    base: dict[str, Any] = {}
+    factors: dict[str, list[Any] | dict[str, dict[str, Any]]] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    metric: MetricSpec = MetricSpec()
+    profiles: dict[str, dict[str, Any]] = {}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: a level of every factor and a seed.
+
+    Attributes:
+        levels: factor name -> level (a label for mapping-style factors).
+        seed: the run's ``train.seed``.
+        overrides: the dotted config overrides the levels and seed imply.
+    """
+
+    levels: dict[str, Any]
+    seed: int
+    overrides: dict[str, Any]
+
+    @property
+    def arm(self) -> str:
+        """The arm (levels without the seed), e.g. ``batchnorm=false``."""
+        return " ".join(f"{k}={level_label(v)}" for k, v in self.levels.items())
+
+    @property
+    def key(self) -> str:
+        """The cell's name, e.g. ``batchnorm=false seed=1``."""
+        return f"{self.arm} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study with one profile and CLI overrides applied.
+
+    Attributes:
+        path: the study file.
+        name, question, factors, seeds, metric: as in the file.
+        profile: the profile in use (``"base"`` when the file has none).
+        overrides: base + profile + ``--set`` overrides, merged in that order.
+        config: the run config before factor levels and seed are applied.
+    """
+
+    path: Path
+    name: str
+    question: str
+    factors: dict[str, list[Any] | dict[str, dict[str, Any]]]
+    seeds: list[int]
+    metric: MetricSpec
+    profile: str
+    overrides: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def key(self) -> str:
+        """Identity of this study's settings: ``name:profile:hash``.
+
+        The hash covers every setting except the factor levels and seeds, so
+        adding seeds or levels keeps finished cells, and changing the recipe
+        starts a new study.
+        """
+        return f"{self.name}:{self.profile}:{config_hash(self.config)}"
+
+    def cells(self) -> list[Cell]:
+        """All cells, factor levels in file order (first level = baseline), seeds innermost."""
+        names = list(self.factors)
+        out = []
+        for combo in itertools.product(*(list(self.factors[n]) for n in names)):
+            levels = dict(zip(names, combo, strict=True))
+            for seed in self.seeds:
+                ov: dict[str, Any] = {}
+                for n, lv in levels.items():
+                    ov.update(factor_overrides(n, self.factors[n], lv))
+                ov["train.seed"] = seed
+                out.append(Cell(levels, seed, ov))
+        return out
+
+    def cell_config(self, cell: Cell) -> RunConfig:
+        """The fully resolved run config of ``cell`` (model preset values filled in)."""
+        cfg = apply_overrides(self.config, cell.overrides)
+        return cfg.model_copy(update={"model": resolve_model_config(cfg.model)})
+
+
+def _check_overrides(path: Path, where: str, cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    try:
+        return apply_overrides(cfg, overrides)
+    except ConfigError as exc:
+        raise StudyError(path, where, str(exc)) from None
+
+
+def _check_factor(path: Path, cfg: RunConfig, name: str, spec: list | dict) -> None:
+    where = f"factors.{name}"
+    if not spec:
+        raise StudyError(path, where, "has no levels; give at least one")
+    if isinstance(spec, list):
+        if name not in FACTORS and "." not in name:
+            raise StudyError(
+                path, where,
+                f"unknown factor '{name}'; registered factors: {', '.join(FACTORS)}, "
+                "or a dotted config key such as optim.lr, or a mapping level -> overrides",
+            )
+        if len({level_label(v) for v in spec}) != len(spec):
+            raise StudyError(path, where, f"levels must be distinct, got {spec}")
+    for level in spec:
+        if isinstance(level, str) and level.lower() in _YAML11_BOOLS:
+            key = FACTORS.get(name, name)
+            field_type = flat_type(key)
+            if field_type is bool:
+                raise StudyError(path, f"{where}[{level}]", "write true or false: ablate reads YAML 1.2, "
+                                 "where on/off/yes/no are strings, not booleans")
+        try:
+            apply_overrides(cfg, factor_overrides(name, spec, level))
+        except ConfigError as exc:
+            raise StudyError(path, f"{where}[{level_label(level)}]", str(exc)) from None
+
+
+def flat_type(key: str) -> type | None:
+    """The Python type of a dotted config key's default (for boolean checks)."""
+    section, _, field = key.partition(".")
+    sub = RunConfig.model_fields.get(section)
+    if sub is None or field not in sub.annotation.model_fields:  # type: ignore[union-attr]
+        return None
+    ann = str(sub.annotation.model_fields[field].annotation)  # type: ignore[union-attr]
+    return bool if ann.startswith("bool") else None
+
+
+def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any] | None = None) -> Study:
+    """Read, validate and resolve a study file.
+
+    Args:
+        path: the YAML file.
+        profile: a name under ``profiles``; ``None`` picks ``full`` if the file
+            has it, else no profile (``"base"``).
+        sets: extra dotted overrides (the CLI's ``--set``), applied last.
+
+    Returns:
+        The :class:`Study`; every cell's config has been validated.
+
+    Raises:
+        StudyError: missing file, bad YAML, unknown key/factor/level/profile,
+            wrong type, empty factor. The message names the file and key path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(path, "", "no such study file")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise StudyError(path, "", f"not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(path, "", "a study file is a mapping with name, question, factors, seeds, ...")
+    try:
+        spec = _StudyFile.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        hint = f"; valid keys: {', '.join(_StudyFile.model_fields)}" if err["type"] == "extra_forbidden" else ""
+        raise StudyError(path, key, f"{err['msg']}{hint}") from None
+
+    if profile is None:
+        profile = "full" if "full" in spec.profiles else "base"
+    if profile != "base" and profile not in spec.profiles:
+        raise StudyError(path, "profiles", f"no profile '{profile}'; this file has: {', '.join(spec.profiles) or 'none'}")
+    cfg = _check_overrides(path, "base", RunConfig(), spec.base)
+    for pname, pov in spec.profiles.items():
+        _check_overrides(path, f"profiles.{pname}", cfg, pov)
+    merged = {**spec.base, **spec.profiles.get(profile, {}), **(sets or {})}
+    cfg = _check_overrides(path, "--set" if sets else f"profiles.{profile}", RunConfig(), merged)
+    for name, fspec in spec.factors.items():
+        _check_factor(path, cfg, name, fspec)
+    try:
+        resolve_model_config(cfg.model)
+    except ConfigError as exc:
+        raise StudyError(path, "base", str(exc)) from None
+    study = Study(path, spec.name, spec.question, dict(spec.factors), list(spec.seeds), spec.metric,
+                  profile, merged, cfg)
+    for cell in study.cells():  # every cell must build a valid config (e.g. model names)
+        try:
+            study.cell_config(cell)
+        except ConfigError as exc:
+            raise StudyError(path, f"factors ({cell.arm})", str(exc)) from None
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise StudyError(path, "seeds", f"seeds must be distinct, got {spec.seeds}")
+    return study
+
+
+def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["optim.lr=3e-4", "model.batchnorm=false"]`` -> typed dict (values parsed as YAML 1.2).
+
+    Raises:
+        ValueError: an item without ``=``.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got '{item}'")
+        out[key.strip()] = yaml.load(value, Loader=_Loader) if value else None  # noqa: S506
+    return out

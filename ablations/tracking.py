@@ -1,0 +1,155 @@
+"""MLflow tracking: one experiment per study, one parent run per study key, one child run per cell.
+
+Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under
+``mlruns/artifacts/`` (MLflow 3 deprecates the plain file store). Override
+with ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``; with a tracking server
+(``http://...``) the server decides where artifacts go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "git_commit", "resolve_tracking_uri"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+TAG = "ablate."  # prefix of this project's tags
+
+# MLflow and alembic chat at INFO on every connection; keep the terminal for progress.
+for _name in ("mlflow", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the project default (directory created)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def git_commit() -> str:
+    """The current git commit of the working directory, or ``unknown``."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """Thin wrapper over :class:`mlflow.MlflowClient` for studies.
+
+    Args:
+        tracking_uri: see :func:`resolve_tracking_uri`.
+    """
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        from mlflow import MlflowClient  # slow import: only when tracking
+
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.uri)
+
+    def _artifact_root(self, study: str) -> str | None:
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///")).resolve()
+            return (db.parent / "artifacts" / study).as_uri()
+        return None
+
+    def experiment(self, study: str, create: bool = True) -> str | None:
+        """The experiment id of ``study``; created when missing and ``create``."""
+        exp = self.client.get_experiment_by_name(study)
+        if exp is not None:
+            return exp.experiment_id
+        if not create:
+            return None
+        return self.client.create_experiment(study, artifact_location=self._artifact_root(study))
+
+    def parent_run(self, exp_id: str, study_key: str, name: str, tags: dict[str, str]) -> str:
+        """The parent run of ``study_key``: the existing one (set running again) or a new one."""
+        found = self.client.search_runs(
+            [exp_id], f"tags.`{TAG}study_key` = '{study_key}' and tags.`{TAG}role` = 'parent'", max_results=1
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(exp_id, run_name=name, tags={**tags, f"{TAG}role": "parent", f"{TAG}study_key": study_key})
+        return run.info.run_id
+
+    def start_cell(self, exp_id: str, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """Create a child run named ``name`` with ``params`` (dotted keys) and ``tags``."""
+        from mlflow.entities import Param
+
+        run = self.client.create_run(
+            exp_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id, f"{TAG}role": "cell"}
+        )
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """Log ``metrics`` at ``step`` (the epoch); non-finite values are skipped."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v == v and abs(v) != float("inf")]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def log_config(self, run_id: str, config: dict[str, Any]) -> None:
+        """Save the resolved config as ``config.yaml``."""
+        self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+
+    def log_figure(self, run_id: str, fig, name: str) -> None:
+        """Save a matplotlib figure as a PNG artifact."""
+        self.client.log_figure(run_id, fig, name)
+
+    def log_state_dict(self, run_id: str, state_dict: dict, name: str = "checkpoint/best.pt") -> None:
+        """Save weights only (``torch.save`` of a state dict) as an artifact."""
+        import torch
+
+        folder, _, file = name.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / file
+            torch.save(state_dict, local)
+            self.client.log_artifact(run_id, str(local), folder or None)
+
+    def end(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+        """End a run as ``FINISHED``, ``FAILED`` or ``KILLED``, recording ``reason`` as a tag."""
+        if reason:
+            self.client.set_tag(run_id, f"{TAG}failure", reason[:5000])
+        self.client.set_terminated(run_id, status)
+
+    def children(self, parent_id: str, status: str | None = "FINISHED") -> list:
+        """Child runs of a parent run, optionally only those with ``status``."""
+        flt = f"tags.`mlflow.parentRunId` = '{parent_id}'"
+        if status:
+            flt += f" and attributes.status = '{status}'"
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.client.get_run(parent_id).info.experiment_id], flt, max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def parents(self, study: str) -> list:
+        """Parent runs of ``study``, newest first (empty if the experiment is missing)."""
+        exp_id = self.experiment(study, create=False)
+        if exp_id is None:
+            return []
+        return list(
+            self.client.search_runs([exp_id], f"tags.`{TAG}role` = 'parent'", order_by=["attributes.start_time DESC"])
+        )

@@ -1,0 +1,209 @@
+"""Typed, frozen configuration of ONE training run, and dotted overrides.
+
+A run is fully described by a :class:`RunConfig`: model, data, augmentation,
+optimiser, schedule and training settings. Every field has a default with a
+comment saying why; unknown keys are an error, never a silent no-op (the
+nanoGPT habit). Studies change runs only through dotted overrides such as
+``{"optim.lr": 1.0e-3, "model.batchnorm": False}``.
+
+The defaults are the recipe of seed 000 (``shared/seeds/000_cec1d97c41c0932c.txt``):
+the ``cnn4`` network, Adam at 1e-3, batch 128, 60 epochs, random crop, flip,
+colour jitter, normalisation and random erasing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_hash",
+    "flatten",
+    "unflatten",
+]
+
+# Per-channel statistics of the CIFAR-10 training set, pixel values in [0, 1]
+# (published figures; the JPEG rendition differs in the fourth decimal, see
+# shared/data/README.md).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the dotted key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """Which network, and the settings an ablation toggles.
+
+    ``None`` means "the preset's own value" (see ``core.models``); the resolved
+    config written to MLflow always holds concrete values.
+    """
+
+    name: str = "cnn4"  # seed 000's network; `ablate models` lists the registry
+    batchnorm: bool | None = None  # BatchNorm after each conv (cnn4: on)
+    dropout: Literal["none", "conv", "fc", "both"] | None = None  # where dropout goes (cnn4: fc)
+    dropout_p: float | None = None  # dropout probability (cnn4: 0.1, seed 000's choice)
+    first_pool: bool | None = None  # max pooling in block 1 (cnn4: off; seed 000 removed it)
+    widths: tuple[int, ...] | None = None  # conv channels per block (cnn4: 32, 64, 128, 256)
+    num_classes: int = 10  # CIFAR-10
+
+    @field_validator("dropout_p")
+    @classmethod
+    def _p_in_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+
+class DataConfig(_Section):
+    """Where CIFAR-10 comes from and how it is split."""
+
+    root: str | None = None  # archive, ImageFolder tree or torchvision folder; None: $ABLATE_DATA
+    download: bool = False  # let torchvision download cifar-10-python (needs internet)
+    cache_dir: str | None = None  # decoded uint8 cache; None: $ABLATE_CACHE or ~/.cache/ablate
+    val_fraction: float = 0.1  # held out of train for best-epoch selection (seed 000: none)
+    split_seed: int = 0  # same for every cell of a study, so arms differ only by their factor
+    train_subset: int | None = None  # class-balanced training images, for small budgets
+    test_subset: int | None = None  # class-balanced test images (smoke tests only; None: all 10,000)
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation, drawn per image, executed on whole batches."""
+
+    crop_padding: int = 4  # random crop after zero padding by this many pixels (0: off)
+    flip: bool = True  # random horizontal flip with probability 0.5
+    rotation: float = 0.0  # max rotation in degrees (seed 000 found 10 hurt; 0: off)
+    brightness: float = 0.2  # colour jitter: factor drawn from [1-b, 1+b] (seed 000 uses ColorJitter)
+    contrast: float = 0.2  # colour jitter: factor drawn from [1-c, 1+c]
+    erasing: float = 0.25  # random erasing probability per image (seed 000 uses RandomErasing)
+    mean: tuple[float, float, float] = CIFAR10_MEAN  # normalisation, per channel
+    std: tuple[float, float, float] = CIFAR10_STD
+
+
+class OptimConfig(_Section):
+    """Optimiser."""
+
+    name: Literal["adam", "sgd"] = "adam"  # seed 000: Adam
+    lr: float = 1.0e-3  # seed 000: 1e-3
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
+    weight_decay: float = 0.0  # seed 000: none
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: Literal["none", "step"] = "none"  # seed 000: no scheduler
+    step_size: int = 10  # StepLR: epochs between decays (seed 001: 10)
+    gamma: float = 0.5  # StepLR: decay factor (seed 001: 0.5)
+
+
+class TrainConfig(_Section):
+    """The loop itself."""
+
+    epochs: int = 60  # seed 000: 60
+    batch_size: int = 128  # seed 000: 128
+    eval_batch_size: int = 1000  # larger is faster; does not change results
+    seed: int = 0  # torch, numpy and Python RNGs, data order and augmentation
+    device: str = "auto"  # auto: CUDA, then Apple MPS, then CPU; or "cpu", "cuda:1", ...
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA only
+    max_steps: int | None = None  # stop each epoch after this many batches (benchmarks, smoke)
+
+
+class RunConfig(_Section):
+    """Everything one training run needs. Frozen; change it with :func:`apply_overrides`."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Return ``{"optim.lr": 0.001, ...}``: every leaf of ``cfg`` under its dotted key."""
+    data = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def unflatten(dotted: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten`: ``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def valid_keys() -> list[str]:
+    """All dotted keys a :class:`RunConfig` accepts, sorted."""
+    return sorted(flatten(RunConfig()))
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return a new config with dotted ``overrides`` applied and validated.
+
+    Args:
+        cfg: the starting config (not modified).
+        overrides: ``{"section.field": value}``; values are validated by type.
+
+    Raises:
+        ConfigError: an unknown key (the message lists close valid keys) or a
+            value of the wrong type or range (the message names the key).
+    """
+    keys = set(valid_keys())
+    for key in overrides:
+        if key not in keys:
+            section = key.split(".")[0]
+            near = [k for k in sorted(keys) if k.startswith(section + ".")] or sorted(keys)
+            raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(near)}")
+    merged = flatten(cfg)
+    merged.update(overrides)
+    try:
+        return RunConfig.model_validate(unflatten(merged))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"config key '{key}': {err['msg']} (got {err.get('input')!r})") from None
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """A short, stable hash (12 hex digits) of every setting in ``cfg``."""
+    text = json.dumps(flatten(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

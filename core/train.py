@@ -1,0 +1,271 @@
+"""Train ONE run: ``fit(cfg) -> FitResult``.
+
+The whole data set sits on the training device as uint8 tensors (see
+``core.data``); each step indexes a batch, augments it on the device
+(``core.augment.BatchAugment``) and takes an optimiser step. There are no
+DataLoader workers and no per-image PIL work in the loop (the cifar10-airbench
+habit). Per epoch the loop reports train/validation loss and top-1 accuracy,
+seconds and images per second; at the end it evaluates the best-validation
+weights on the official test set (top-1 and top-3).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.augment import BatchAugment, normalize
+from core.config import RunConfig
+from core.data import Splits, load_splits
+from core.metrics import topk_correct
+from core.models import create_model, resolve_model_config
+
+__all__ = ["Callback", "DivergedError", "FitResult", "evaluate", "fit", "resolve_config", "select_device"]
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite.
+
+    Attributes:
+        epoch: the epoch (1-based) in which it happened.
+        loss: the offending mean training loss of that epoch.
+    """
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"training diverged: mean train loss {loss} in epoch {epoch}")
+        self.epoch, self.loss = epoch, loss
+
+
+class Callback:
+    """Hooks called by :func:`fit`; override what you need. All no-ops here."""
+
+    def on_fit_start(self, cfg: RunConfig, steps_per_epoch: int) -> None:
+        """Called once with the resolved config."""
+
+    def on_batch_end(self, epoch: int, step: int, images: int) -> None:
+        """After each optimiser step; ``images`` = batch size of that step."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """After each epoch with ``train_loss``, ``train_acc``, ``val_loss``,
+        ``val_acc``, ``lr``, ``epoch_seconds``, ``images_per_s`` (accuracies in [0, 1])."""
+
+
+@dataclass
+class FitResult:
+    """What one run produced.
+
+    Attributes:
+        config: the resolved config (model presets filled in).
+        history: one dict of epoch metrics per epoch (see :class:`Callback`).
+        test: ``test_loss``, ``test_acc``, ``test_top3`` (accuracies in [0, 1])
+            of the best-validation weights on the test set.
+        best_epoch: 1-based epoch whose weights were kept (highest val top-1;
+            the last epoch when there is no validation set).
+        state_dict: those weights, on the CPU.
+        device: where it trained, e.g. ``"cuda:0"``.
+        seconds: wall time of the whole fit, evaluation included.
+    """
+
+    config: RunConfig
+    history: list[dict[str, float]]
+    test: dict[str, float]
+    best_epoch: int
+    state_dict: dict[str, Tensor] = field(repr=False)
+    device: str
+    seconds: float
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, then Apple MPS, then CPU; else ``torch.device(name)``."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Fill the model preset's values into ``cfg.model`` (see ``core.models``)."""
+    return cfg.model_copy(update={"model": resolve_model_config(cfg.model)})
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _autocast(cfg: RunConfig, device: torch.device):
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext(), False
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), precision == "fp16"
+
+
+def _memory_format(cfg: RunConfig, device: torch.device) -> torch.memory_format:
+    on = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+    return torch.channels_last if on else torch.contiguous_format
+
+
+def _optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
+    s = cfg.schedule
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: RunConfig, topk: Sequence[int] = (1,)) -> dict[str, float]:
+    """Loss and top-k accuracy of ``model`` on uint8 images ``x`` (N, 3, H, W), labels ``y`` (N,).
+
+    Returns ``{"loss": mean cross-entropy, "acc": top-1 in [0, 1], "top3": ...}``
+    (one ``topK`` key per k > 1); empty ``x`` gives NaNs.
+    """
+    device = next(model.parameters()).device
+    autocast, _ = _autocast(cfg, device)
+    fmt = _memory_format(cfg, device)
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = {k: torch.zeros((), dtype=torch.long, device=device) for k in topk}
+    for i in range(0, len(x), cfg.train.eval_batch_size):
+        xb = normalize(x[i : i + cfg.train.eval_batch_size], cfg.augment.mean, cfg.augment.std)
+        yb = y[i : i + cfg.train.eval_batch_size]
+        with autocast:
+            logits = model(xb.contiguous(memory_format=fmt)).float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        for k in topk:
+            correct[k] += topk_correct(logits, yb, k)
+    n = max(len(x), 1) if len(x) else float("nan")
+    out = {"loss": loss_sum.item() / n}
+    for k in topk:
+        out["acc" if k == 1 else f"top{k}"] = correct[k].item() / n
+    return out
+
+
+def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train one model as ``cfg`` says and evaluate it on the test set.
+
+    Args:
+        cfg: the run config; model preset values are filled in.
+        splits: data already loaded (uint8 tensors, any device); loaded from
+            ``cfg.data`` when ``None``.
+        callbacks: progress, tracking or pruning hooks.
+
+    Returns:
+        A :class:`FitResult` with per-epoch history and test metrics of the best-validation weights.
+
+    Raises:
+        DivergedError: the mean training loss of an epoch is NaN or infinite.
+        core.config.ConfigError: an invalid model setting.
+        core.data.DataError: the data cannot be loaded.
+    """
+    t0 = time.perf_counter()
+    cfg = resolve_config(cfg)
+    device = select_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    data = (splits or load_splits(cfg.data)).to(device)
+    model = create_model(cfg.model).to(device, memory_format=_memory_format(cfg, device))
+    opt = _optimizer(cfg, model.parameters())
+    sched = _scheduler(cfg, opt)
+    autocast, use_scaler = _autocast(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    augment = BatchAugment(cfg.augment)
+    fmt = _memory_format(cfg, device)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)  # data order + augmentation
+
+    n, bs = len(data.train_x), cfg.train.batch_size
+    steps = n // bs if n >= bs else 1  # drop the last partial batch: steady shapes, as the seeds' loaders
+    if cfg.train.max_steps:
+        steps = min(steps, cfg.train.max_steps)
+    for cb in callbacks:
+        cb.on_fit_start(cfg, steps)
+
+    history: list[dict[str, float]] = []
+    best_acc, best_epoch, best_state = -math.inf, 0, None
+    for epoch in range(1, cfg.train.epochs + 1):
+        # ---- one training epoch ----
+        model.train()
+        te = time.perf_counter()
+        order = torch.randperm(n, device=device, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for step in range(steps):
+            idx = order[step * bs : (step + 1) * bs]
+            xb = augment(data.train_x[idx], gen).contiguous(memory_format=fmt)  # (B, 3, 32, 32) float
+            yb = data.train_y[idx]
+            with autocast:
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach() * len(idx)  # stays on the device: no sync per step
+            correct += topk_correct(logits.detach(), yb)
+            for cb in callbacks:
+                cb.on_batch_end(epoch, step, len(idx))
+        seen = min(steps * bs, n)
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise DivergedError(epoch, train_loss)
+        lr = opt.param_groups[0]["lr"]
+        if sched is not None:
+            sched.step()
+        seconds = time.perf_counter() - te
+
+        # ---- validation, bookkeeping ----
+        val = evaluate(model, data.val_x, data.val_y, cfg) if len(data.val_x) else {"loss": math.nan, "acc": math.nan}
+        metrics = {
+            "train_loss": train_loss,
+            "train_acc": correct.item() / seen,
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "lr": lr,
+            "epoch_seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
+        history.append(metrics)
+        score = val["acc"] if len(data.val_x) else epoch  # no validation set: keep the last epoch
+        if score > best_acc:
+            best_acc, best_epoch = score, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, metrics)
+
+    assert best_state is not None, "train.epochs must be at least 1"
+    model.load_state_dict(best_state)
+    test = evaluate(model, data.test_x, data.test_y, cfg, topk=(1, 3))
+    return FitResult(
+        config=cfg,
+        history=history,
+        test={"test_loss": test["loss"], "test_acc": test["acc"], "test_top3": test["top3"]},
+        best_epoch=best_epoch,
+        state_dict=best_state,
+        device=str(device),
+        seconds=time.perf_counter() - t0,
+    )
