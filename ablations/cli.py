@@ -18,11 +18,15 @@ import yaml
 from ablations.study import StudyError, load_study, parse_sets
 
 tracking_option = click.option(
-    "--tracking-uri", default=None, metavar="URI",
+    "--tracking-uri",
+    default=None,
+    metavar="URI",
     help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db]",
 )
 storage_option = click.option(
-    "--storage", default=None, metavar="URL",
+    "--storage",
+    default=None,
+    metavar="URL",
     help="Optuna storage URL. [default: $ABLATE_OPTUNA_STORAGE or sqlite:///mlruns/optuna.db]",
 )
 
@@ -41,8 +45,15 @@ def main() -> None:
 @click.option("--no-report", is_flag=True, help="Do not print the results table at the end.")
 @tracking_option
 @storage_option
-def run(study_file: Path, profile: str | None, sets: tuple[str, ...], dry_run: bool, no_report: bool,
-        tracking_uri: str | None, storage: str | None) -> None:
+def run(
+    study_file: Path,
+    profile: str | None,
+    sets: tuple[str, ...],
+    dry_run: bool,
+    no_report: bool,
+    tracking_uri: str | None,
+    storage: str | None,
+) -> None:
     """Train every cell (factor levels x seeds) of STUDY_FILE not yet finished; log each to MLflow."""
     study = _load(study_file, profile, sets)
     cells = study.cells()
@@ -64,11 +75,16 @@ def run(study_file: Path, profile: str | None, sets: tuple[str, ...], dry_run: b
     except DataError as exc:
         raise click.ClickException(f"{exc}") from None
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: finished cells are kept; the current run is marked KILLED.\n"
-                   f"resume with: ablate run {study_file}" + (f" --profile {profile}" if profile else ""), err=True)
+        click.echo(
+            f"\ninterrupted: finished cells are kept; the current run is marked KILLED.\n"
+            f"resume with: ablate run {study_file}" + (f" --profile {profile}" if profile else ""),
+            err=True,
+        )
         sys.exit(130)
-    click.echo(f"trained {len(summary.trained)} cell(s), {summary.skipped} already finished, "
-               f"{len(summary.failed)} failed; MLflow parent run {summary.parent_run_id}")
+    click.echo(
+        f"trained {len(summary.trained)} cell(s), {summary.skipped} already finished, "
+        f"{len(summary.failed)} failed; MLflow parent run {summary.parent_run_id}"
+    )
     for key, reason in summary.failed.items():
         click.echo(f"  failed: {key}: {reason}", err=True)
     if not no_report:
@@ -82,15 +98,17 @@ def run(study_file: Path, profile: str | None, sets: tuple[str, ...], dry_run: b
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file.")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level of the verdicts.")
 @tracking_option
-def report(study: str, profile: str | None, fmt: str, output: Path | None, alpha: float,
-           tracking_uri: str | None) -> None:
+def report(
+    study: str, profile: str | None, fmt: str, output: Path | None, alpha: float, tracking_uri: str | None
+) -> None:
     """The results table of STUDY (its name, or its file): mean, CI, effect vs baseline, verdict."""
     name = load_study(study).name if study.endswith((".yaml", ".yml")) else study
     _print_report(name, tracking_uri, profile, fmt, output, alpha)
 
 
-def _print_report(name: str, tracking_uri: str | None, profile: str | None, fmt: str, output: Path | None,
-                  alpha: float) -> None:
+def _print_report(
+    name: str, tracking_uri: str | None, profile: str | None, fmt: str, output: Path | None, alpha: float
+) -> None:
     from ablations.report import ReportError, arm_table, format_table, load_runs
 
     try:

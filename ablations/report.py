@@ -61,8 +61,10 @@ def load_runs(study: str, tracking_uri: str | None = None, profile: str | None =
     tracker = Tracker(tracking_uri)
     parents = [p for p in tracker.parents(study) if profile is None or p.data.tags.get(f"{TAG}profile") == profile]
     if not parents:
-        raise ReportError(f"no study '{study}'{f' with profile {profile}' if profile else ''} in {tracker.uri}; "
-                          "run `ablate run studies/<study>.yaml` first, or pass --tracking-uri")
+        raise ReportError(
+            f"no study '{study}'{f' with profile {profile}' if profile else ''} in {tracker.uri}; "
+            "run `ablate run studies/<study>.yaml` first, or pass --tracking-uri"
+        )
     parent = parents[0]
     ptags = parent.data.tags
     factors = json.loads(ptags[f"{TAG}factors"])
@@ -74,14 +76,24 @@ def load_runs(study: str, tracking_uri: str | None = None, profile: str | None =
         row.update(run.data.metrics)
         rows.append(row)
     failed = len(tracker.children(parent.info.run_id, "FAILED")) + len(tracker.children(parent.info.run_id, "KILLED"))
-    return StudyRuns(study, parent.data.tags.get(f"{TAG}profile", "?"), parent.info.run_id, factors,
-                     ptags[f"{TAG}metric"], ptags[f"{TAG}direction"], pd.DataFrame(rows), failed)
+    return StudyRuns(
+        study,
+        parent.data.tags.get(f"{TAG}profile", "?"),
+        parent.info.run_id,
+        factors,
+        ptags[f"{TAG}metric"],
+        ptags[f"{TAG}direction"],
+        pd.DataFrame(rows),
+        failed,
+    )
 
 
 def _ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     n = len(values)
     if n < 2:
         return math.nan, math.nan
+    if values.std() == 0:  # every seed gave the same value: a zero-width interval
+        return float(values[0]), float(values[0])
     lo, hi = stats.t.interval(level, n - 1, loc=values.mean(), scale=stats.sem(values))
     return float(lo), float(hi)
 
@@ -105,12 +117,22 @@ def compare(treat: pd.Series, base: pd.Series, level: float = 0.95) -> dict[str,
         p = stats.ttest_rel(treat[shared], base[shared]).pvalue if d.std() > 0 else (0.0 if d.mean() else 1.0)
         return {"diff": float(d.mean()), "diff_low": lo, "diff_high": hi, "p": float(p), "test": "paired t"}
     if len(treat) < 2 or len(base) < 2:
-        return {"diff": float(treat.mean() - base.mean()), "diff_low": math.nan, "diff_high": math.nan,
-                "p": math.nan, "test": "-"}
+        return {
+            "diff": float(treat.mean() - base.mean()),
+            "diff_low": math.nan,
+            "diff_high": math.nan,
+            "p": math.nan,
+            "test": "-",
+        }
     res = stats.ttest_ind(treat, base, equal_var=False)
     ci = res.confidence_interval(level)
-    return {"diff": float(treat.mean() - base.mean()), "diff_low": float(ci.low), "diff_high": float(ci.high),
-            "p": float(res.pvalue), "test": "Welch t"}
+    return {
+        "diff": float(treat.mean() - base.mean()),
+        "diff_low": float(ci.low),
+        "diff_high": float(ci.high),
+        "p": float(res.pvalue),
+        "test": "Welch t",
+    }
 
 
 def _verdict(row: dict, n_min: int, alpha: float, maximize: bool) -> str:
@@ -141,12 +163,24 @@ def arm_table(sr: StudyRuns, alpha: float = 0.05) -> pd.DataFrame:
     for arm in order:
         v = series[arm]
         lo, hi = _ci(v.to_numpy())
-        row = {"arm": arm, **dict(zip(factors, [x.split("=", 1)[1] for x in arm.split(" ")], strict=True)),
-               "n": len(v), "mean": v.mean(), "std": v.std(ddof=1) if len(v) > 1 else math.nan,
-               "ci_low": lo, "ci_high": hi}
+        row = {
+            "arm": arm,
+            **dict(zip(factors, [x.split("=", 1)[1] for x in arm.split(" ")], strict=True)),
+            "n": len(v),
+            "mean": v.mean(),
+            "std": v.std(ddof=1) if len(v) > 1 else math.nan,
+            "ci_low": lo,
+            "ci_high": hi,
+        }
         if arm == base_arm or base_arm not in series:
-            row.update(diff=math.nan, diff_low=math.nan, diff_high=math.nan, p=math.nan, test="",
-                       verdict="baseline" if arm == base_arm else "no baseline runs")
+            row.update(
+                diff=math.nan,
+                diff_low=math.nan,
+                diff_high=math.nan,
+                p=math.nan,
+                test="",
+                verdict="baseline" if arm == base_arm else "no baseline runs",
+            )
         else:
             row.update(compare(v, series[base_arm]))
             row["verdict"] = _verdict(row, min(len(v), len(series[base_arm])), alpha, sr.direction == "maximize")
@@ -158,8 +192,10 @@ def _arm_order(factors: dict[str, list[str]]) -> list[str]:
     import itertools
 
     names = list(factors)
-    return [" ".join(f"{n}={lv}" for n, lv in zip(names, combo, strict=True))
-            for combo in itertools.product(*(factors[n] for n in names))]
+    return [
+        " ".join(f"{n}={lv}" for n, lv in zip(names, combo, strict=True))
+        for combo in itertools.product(*(factors[n] for n in names))
+    ]
 
 
 def format_table(sr: StudyRuns, table: pd.DataFrame, fmt: str = "table") -> str:
@@ -167,19 +203,27 @@ def format_table(sr: StudyRuns, table: pd.DataFrame, fmt: str = "table") -> str:
     if fmt == "csv":
         return table.to_csv(index=False)
     unit = " (%)" if sr.metric.endswith(("acc", "top3")) else ""
-    show = pd.DataFrame({
-        **{f: table[f] for f in sr.factors},
-        "n": table["n"],
-        f"{sr.metric}{unit}": [f"{m:.2f} ± {s:.2f}" if s == s else f"{m:.2f}" for m, s in zip(table["mean"], table["std"], strict=True)],
-        "95% CI": [_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)],
-        "effect vs baseline": [f"{d:+.2f} {_interval(lo, hi)}" if d == d else "-"
-                               for d, lo, hi in zip(table["diff"], table["diff_low"], table["diff_high"], strict=True)],
-        "p": [f"{p:.3f}" if p == p else "-" for p in table["p"]],
-        "verdict": table["verdict"],
-    })
-    head = (f"study {sr.study} (profile {sr.profile}, parent run {sr.parent_run_id}): {sr.metric}, "
-            f"mean ± std over seeds; effect = difference to the baseline arm, 95% CI"
-            f"{f'; {sr.failed} failed run(s) not counted' if sr.failed else ''}")
+    show = pd.DataFrame(
+        {
+            **{f: table[f] for f in sr.factors},
+            "n": table["n"],
+            f"{sr.metric}{unit}": [
+                f"{m:.2f} ± {s:.2f}" if s == s else f"{m:.2f}" for m, s in zip(table["mean"], table["std"], strict=True)
+            ],
+            "95% CI": [_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)],
+            "effect vs baseline": [
+                f"{d:+.2f} {_interval(lo, hi)}" if d == d else "-"
+                for d, lo, hi in zip(table["diff"], table["diff_low"], table["diff_high"], strict=True)
+            ],
+            "p": [f"{p:.3f}" if p == p else "-" for p in table["p"]],
+            "verdict": table["verdict"],
+        }
+    )
+    head = (
+        f"study {sr.study} (profile {sr.profile}, parent run {sr.parent_run_id}): {sr.metric}, "
+        f"mean ± std over seeds; effect = difference to the baseline arm, 95% CI"
+        f"{f'; {sr.failed} failed run(s) not counted' if sr.failed else ''}"
+    )
     if fmt == "markdown":
         return head + "\n\n" + show.to_markdown(index=False) + "\n"
     return head + "\n" + show.to_string(index=False) + "\n"

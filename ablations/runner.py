@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from ablations.factors import level_label
 from ablations.plots import learning_curves
 from ablations.search import Heartbeat, next_trial, open_study, pending_cells
-from ablations.factors import level_label
 from ablations.study import Cell, Study
 from ablations.tracking import TAG, Tracker, git_commit
 from core.config import DataConfig, RunConfig, config_hash, flatten
@@ -56,8 +56,16 @@ class _Progress(Callback):
     def on_fit_start(self, cfg: RunConfig, steps_per_epoch: int) -> None:
         self.epochs = cfg.train.epochs
         total = steps_per_epoch * cfg.train.batch_size * cfg.train.epochs
-        self.bar = tqdm(total=total, unit="img", unit_scale=True, leave=False, desc=f"{self.label} epoch 1/{self.epochs}",
-                        dynamic_ncols=True, disable=None, mininterval=1.0)
+        self.bar = tqdm(
+            total=total,
+            unit="img",
+            unit_scale=True,
+            leave=False,
+            desc=f"{self.label} epoch 1/{self.epochs}",
+            dynamic_ncols=True,
+            disable=None,
+            mininterval=1.0,
+        )
 
     def on_batch_end(self, epoch: int, step: int, images: int) -> None:
         self.bar.update(images)
@@ -79,15 +87,19 @@ def _splits_for(cfg: DataConfig, cache: dict) -> Splits:
 
 
 def _log_result(tracker: Tracker, run_id: str, cell: Cell, result: FitResult) -> None:
-    tracker.log_metrics(run_id, {**result.test, "best_epoch": result.best_epoch, "fit_seconds": result.seconds},
-                        step=len(result.history))
+    tracker.log_metrics(
+        run_id,
+        {**result.test, "best_epoch": result.best_epoch, "fit_seconds": result.seconds},
+        step=len(result.history),
+    )
     tracker.log_config(run_id, result.config.model_dump(mode="json"))
     tracker.log_figure(run_id, learning_curves(result.history, cell.key), "learning_curves.png")
     tracker.log_state_dict(run_id, result.state_dict)
 
 
-def run_study(study: Study, tracking_uri: str | None = None, storage: str | None = None,
-              progress: bool = True) -> RunSummary:
+def run_study(
+    study: Study, tracking_uri: str | None = None, storage: str | None = None, progress: bool = True
+) -> RunSummary:
     """Train every cell of ``study`` that has not finished; log each to MLflow.
 
     Args:
@@ -110,23 +122,48 @@ def run_study(study: Study, tracking_uri: str | None = None, storage: str | None
     ostudy, storage_obj = open_study(study, storage)
     todo, summary.skipped = pending_cells(study, ostudy)
     exp_id = tracker.experiment(study.name)
-    tags = {f"{TAG}study": study.name, f"{TAG}profile": study.profile, f"{TAG}git_commit": git_commit(),
-            f"{TAG}config_hash": config_hash(study.config), "optuna.study": study.key,
-            "mlflow.note.content": study.question}
+    tags = {
+        f"{TAG}study": study.name,
+        f"{TAG}profile": study.profile,
+        f"{TAG}git_commit": git_commit(),
+        f"{TAG}config_hash": config_hash(study.config),
+        "optuna.study": study.key,
+        "mlflow.note.content": study.question,
+    }
     parent = tracker.parent_run(exp_id, study.key, f"{study.name} ({study.profile})", tags)
     summary.parent_run_id = parent
     # Tags, not params: adding levels or seeds later keeps the parent run but changes these.
     level_labels = {f: [level_label(v) for v in spec] for f, spec in study.factors.items()}
-    for key, value in {"factors": json.dumps(level_labels), "seeds": json.dumps(study.seeds),
-                       "metric": study.metric.name, "direction": study.metric.direction}.items():
+    for key, value in {
+        "factors": json.dumps(level_labels),
+        "seeds": json.dumps(study.seeds),
+        "metric": study.metric.name,
+        "direction": study.metric.direction,
+    }.items():
         tracker.client.set_tag(parent, f"{TAG}{key}", value)
-    tracker.log_config(parent, {"study": study.name, "question": study.question, "profile": study.profile,
-                                "overrides": study.overrides, "factors": study.factors, "seeds": study.seeds,
-                                "metric": study.metric.model_dump()})
+    tracker.log_config(
+        parent,
+        {
+            "study": study.name,
+            "question": study.question,
+            "profile": study.profile,
+            "overrides": study.overrides,
+            "factors": study.factors,
+            "seeds": study.seeds,
+            "metric": study.metric.model_dump(),
+        },
+    )
     by_key = {c.key: c for c in study.cells()}
     total = len(by_key)
-    bar = tqdm(total=total, initial=summary.skipped, unit="cell", desc=study.name, disable=None if progress else True,
-               dynamic_ncols=True, position=0)
+    bar = tqdm(
+        total=total,
+        initial=summary.skipped,
+        unit="cell",
+        desc=study.name,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+        position=0,
+    )
     status = "FINISHED"
     try:
         while (trial := next_trial(ostudy)) is not None:
@@ -134,8 +171,21 @@ def run_study(study: Study, tracking_uri: str | None = None, storage: str | None
             if cell is None:  # a queued cell from an older version of the file
                 ostudy.tell(trial, state=TrialState.FAIL)
                 continue
-            _run_cell(study, cell, trial, ostudy, storage_obj, tracker, exp_id, parent, tags, data_cache,
-                      summary, progress, f"[{bar.n + 1}/{total}] {cell.key}")
+            _run_cell(
+                study,
+                cell,
+                trial,
+                ostudy,
+                storage_obj,
+                tracker,
+                exp_id,
+                parent,
+                tags,
+                data_cache,
+                summary,
+                progress,
+                f"[{bar.n + 1}/{total}] {cell.key}",
+            )
             bar.update(1)
     except KeyboardInterrupt:
         status = "KILLED"
@@ -148,14 +198,24 @@ def run_study(study: Study, tracking_uri: str | None = None, storage: str | None
     return summary
 
 
-def _run_cell(study, cell, trial, ostudy, storage_obj, tracker, exp_id, parent, tags, data_cache, summary,
-              progress, label) -> None:
+def _run_cell(
+    study, cell, trial, ostudy, storage_obj, tracker, exp_id, parent, tags, data_cache, summary, progress, label
+) -> None:
     cfg = study.cell_config(cell)
     params = {**flatten(cfg), **{f"factor.{k}": level_label(v) for k, v in cell.levels.items()}}
     run_id = tracker.start_cell(
-        exp_id, parent, cell.key, params,
-        {**tags, f"{TAG}cell": cell.key, f"{TAG}arm": cell.arm, f"{TAG}seed": str(cell.seed),
-         f"{TAG}config_hash": config_hash(cfg), "optuna.trial_number": str(trial.number)},
+        exp_id,
+        parent,
+        cell.key,
+        params,
+        {
+            **tags,
+            f"{TAG}cell": cell.key,
+            f"{TAG}arm": cell.arm,
+            f"{TAG}seed": str(cell.seed),
+            f"{TAG}config_hash": config_hash(cfg),
+            "optuna.trial_number": str(trial.number),
+        },
     )
     trial.set_user_attr("mlflow_run_id", run_id)
     bar = _Progress(label) if progress else None
@@ -184,6 +244,10 @@ def _run_cell(study, cell, trial, ostudy, storage_obj, tracker, exp_id, parent, 
         if bar:
             bar.close()
     tracker.end(run_id)
-    ostudy.tell(trial, result.test[study.metric.name] if study.metric.name.startswith("test") else
-                result.history[result.best_epoch - 1][study.metric.name])
+    ostudy.tell(
+        trial,
+        result.test[study.metric.name]
+        if study.metric.name.startswith("test")
+        else result.history[result.best_epoch - 1][study.metric.name],
+    )
     summary.trained.append(cell.key)

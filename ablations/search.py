@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
+import warnings
 
 import optuna
 from optuna.trial import TrialState
 
+from ablations.factors import level_label
 from ablations.study import Cell, Study
+from ablations.tracking import absolute_sqlite
 
 __all__ = ["DEFAULT_STORAGE", "Heartbeat", "open_study", "pending_cells", "resolve_storage"]
 
@@ -29,15 +31,16 @@ HEARTBEAT_S = 10  # a running trial writes a heartbeat this often
 GRACE_S = 60  # a trial whose heartbeat is older than this is stale (its worker died)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats and stale-trial failing are marked experimental, and Optuna warns that
+# heartbeats are meant for Study.optimize; this module drives them with ask/tell on purpose.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def resolve_storage(url: str | None) -> str:
     """``url``, else ``$ABLATE_OPTUNA_STORAGE``, else the project default (directory created)."""
-    url = url or os.environ.get("ABLATE_OPTUNA_STORAGE") or DEFAULT_STORAGE
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return url
+    return absolute_sqlite(url or os.environ.get("ABLATE_OPTUNA_STORAGE") or DEFAULT_STORAGE)
 
 
 def open_study(study: Study, storage: str | None = None) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
@@ -46,9 +49,7 @@ def open_study(study: Study, storage: str | None = None) -> tuple[optuna.Study, 
     Returns:
         The Optuna study and its storage (for :class:`Heartbeat`).
     """
-    rdb = optuna.storages.RDBStorage(
-        resolve_storage(storage), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-    )
+    rdb = optuna.storages.RDBStorage(resolve_storage(storage), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     ostudy = optuna.create_study(
         storage=rdb, study_name=study.key, direction=study.metric.direction, load_if_exists=True
     )
@@ -58,7 +59,8 @@ def open_study(study: Study, storage: str | None = None) -> tuple[optuna.Study, 
 
 
 def _params(cell: Cell) -> dict:
-    return {**{k: (v if not isinstance(v, dict) else str(v)) for k, v in cell.levels.items()}, "seed": cell.seed}
+    # Level labels, not values: Optuna params must be scalars, and a level may be a list.
+    return {**{k: level_label(v) for k, v in cell.levels.items()}, "seed": cell.seed}
 
 
 def pending_cells(study: Study, ostudy: optuna.Study) -> tuple[list[Cell], int]:

@@ -15,6 +15,7 @@ booleans). Floats such as ``1e-3`` are read as numbers.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ _Loader.yaml_implicit_resolvers = {
     k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -170,7 +173,8 @@ def _check_factor(path: Path, cfg: RunConfig, name: str, spec: list | dict) -> N
     if isinstance(spec, list):
         if name not in FACTORS and "." not in name:
             raise StudyError(
-                path, where,
+                path,
+                where,
                 f"unknown factor '{name}'; registered factors: {', '.join(FACTORS)}, "
                 "or a dotted config key such as optim.lr, or a mapping level -> overrides",
             )
@@ -181,8 +185,11 @@ def _check_factor(path: Path, cfg: RunConfig, name: str, spec: list | dict) -> N
             key = FACTORS.get(name, name)
             field_type = flat_type(key)
             if field_type is bool:
-                raise StudyError(path, f"{where}[{level}]", "write true or false: ablate reads YAML 1.2, "
-                                 "where on/off/yes/no are strings, not booleans")
+                raise StudyError(
+                    path,
+                    f"{where}[{level}]",
+                    "write true or false: ablate reads YAML 1.2, where on/off/yes/no are strings, not booleans",
+                )
         try:
             apply_overrides(cfg, factor_overrides(name, spec, level))
         except ConfigError as exc:
@@ -224,18 +231,24 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         raise StudyError(path, "", f"not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise StudyError(path, "", "a study file is a mapping with name, question, factors, seeds, ...")
+    for key in raw:
+        if key not in _StudyFile.model_fields:
+            near = difflib.get_close_matches(str(key), list(_StudyFile.model_fields), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise StudyError(path, str(key), f"unknown key; {hint}valid keys: {', '.join(_StudyFile.model_fields)}")
     try:
         spec = _StudyFile.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        hint = f"; valid keys: {', '.join(_StudyFile.model_fields)}" if err["type"] == "extra_forbidden" else ""
-        raise StudyError(path, key, f"{err['msg']}{hint}") from None
+        raise StudyError(path, key, err["msg"]) from None
 
     if profile is None:
         profile = "full" if "full" in spec.profiles else "base"
     if profile != "base" and profile not in spec.profiles:
-        raise StudyError(path, "profiles", f"no profile '{profile}'; this file has: {', '.join(spec.profiles) or 'none'}")
+        raise StudyError(
+            path, "profiles", f"no profile '{profile}'; this file has: {', '.join(spec.profiles) or 'none'}"
+        )
     cfg = _check_overrides(path, "base", RunConfig(), spec.base)
     for pname, pov in spec.profiles.items():
         _check_overrides(path, f"profiles.{pname}", cfg, pov)
@@ -247,8 +260,9 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         resolve_model_config(cfg.model)
     except ConfigError as exc:
         raise StudyError(path, "base", str(exc)) from None
-    study = Study(path, spec.name, spec.question, dict(spec.factors), list(spec.seeds), spec.metric,
-                  profile, merged, cfg)
+    study = Study(
+        path, spec.name, spec.question, dict(spec.factors), list(spec.seeds), spec.metric, profile, merged, cfg
+    )
     for cell in study.cells():  # every cell must build a valid config (e.g. model names)
         try:
             study.cell_config(cell)

@@ -23,17 +23,24 @@ __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "git_commit", "resolve_tracking_ur
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG = "ablate."  # prefix of this project's tags
 
-# MLflow and alembic chat at INFO on every connection; keep the terminal for progress.
-for _name in ("mlflow", "alembic"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else the project default (directory created)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return uri
+    return absolute_sqlite(uri)
+
+
+def absolute_sqlite(url: str) -> str:
+    """Make a relative ``sqlite:///path`` absolute (from the working directory) and create its folder.
+
+    Absolute, because MLflow and SQLAlchemy cache stores by URL: a relative one
+    would keep pointing at the first working directory's database.
+    """
+    if not url.startswith("sqlite:///"):
+        return url
+    path = Path(url.removeprefix("sqlite:///")).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 def git_commit() -> str:
@@ -55,6 +62,9 @@ class Tracker:
     def __init__(self, tracking_uri: str | None = None) -> None:
         from mlflow import MlflowClient  # slow import: only when tracking
 
+        # MLflow and alembic log at INFO when they create tables; keep the terminal for progress.
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.uri)
 
@@ -82,7 +92,9 @@ class Tracker:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(exp_id, run_name=name, tags={**tags, f"{TAG}role": "parent", f"{TAG}study_key": study_key})
+        run = self.client.create_run(
+            exp_id, run_name=name, tags={**tags, f"{TAG}role": "parent", f"{TAG}study_key": study_key}
+        )
         return run.info.run_id
 
     def start_cell(self, exp_id: str, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:

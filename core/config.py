@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "AugmentConfig",
@@ -125,9 +125,9 @@ class ScheduleConfig(_Section):
 class TrainConfig(_Section):
     """The loop itself."""
 
-    epochs: int = 60  # seed 000: 60
-    batch_size: int = 128  # seed 000: 128
-    eval_batch_size: int = 1000  # larger is faster; does not change results
+    epochs: int = Field(60, ge=1)  # seed 000: 60
+    batch_size: int = Field(128, ge=1)  # seed 000: 128
+    eval_batch_size: int = Field(1000, ge=1)  # larger is faster; does not change results
     seed: int = 0  # torch, numpy and Python RNGs, data order and augmentation
     device: str = "auto"  # auto: CUDA, then Apple MPS, then CPU; or "cpu", "cuda:1", ...
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
@@ -203,7 +203,16 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"config key '{key}': {err['msg']} (got {err.get('input')!r})") from None
 
 
+# Where the data lives and which device trains do not change what a run means:
+# a study resumed on another machine, or with the archive elsewhere, is the same study.
+_NOT_HASHED = ("data.root", "data.download", "data.cache_dir", "train.device", "train.eval_batch_size")
+
+
 def config_hash(cfg: RunConfig) -> str:
-    """A short, stable hash (12 hex digits) of every setting in ``cfg``."""
-    text = json.dumps(flatten(cfg), sort_keys=True, default=str)
+    """A short, stable hash (12 hex digits) of the settings that change results.
+
+    Leaves out where the data lives and which device trains (``_NOT_HASHED``).
+    """
+    flat = {k: v for k, v in flatten(cfg).items() if k not in _NOT_HASHED}
+    text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

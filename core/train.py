@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -127,8 +126,7 @@ def _memory_format(cfg: RunConfig, device: torch.device) -> torch.memory_format:
 def _optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                               weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
     return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
 
 

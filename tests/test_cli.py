@@ -1,0 +1,99 @@
+"""End to end: `ablate run` + `ablate report` on the smoke profile with the real archive."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ablations.cli import main
+
+STUDY = str(Path("studies/batchnorm.yaml").resolve())
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_dry_run_lists_cells_and_trains_nothing(workdir):
+    out = CliRunner().invoke(main, ["run", STUDY, "--profile", "smoke", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "6 cells" in out.output and "batchnorm=false seed=2" in out.output
+    assert "batchnorm: true" in out.output  # the resolved config of the first cell
+    assert not (workdir / "mlruns").exists()
+
+
+def test_typo_in_study_stops_at_once_naming_it(workdir):
+    bad = workdir / "bad.yaml"
+    bad.write_text(Path(STUDY).read_text().replace("seeds:", "sedes:"))
+    out = CliRunner().invoke(main, ["run", str(bad), "--profile", "smoke"])
+    assert out.exit_code == 1
+    assert f"{bad}: sedes: unknown key; did you mean 'seeds'?" in out.output
+    assert not (workdir / "mlruns").exists()  # nothing logged for an invalid study
+
+
+def test_missing_data_names_the_path(workdir, monkeypatch):
+    monkeypatch.setenv("ABLATE_DATA", str(workdir / "nowhere.tar.gz"))
+    out = CliRunner().invoke(main, ["run", STUDY, "--profile", "smoke"])
+    assert out.exit_code == 1 and "nowhere.tar.gz" in out.output
+
+
+@pytest.mark.e2e
+def test_run_then_report_then_nothing_to_do(workdir, real_archive):
+    from mlflow import MlflowClient
+
+    runner = CliRunner()
+    out = runner.invoke(main, ["run", STUDY, "--profile", "smoke"])
+    assert out.exit_code == 0, out.output
+    assert "trained 6 cell(s), 0 already finished, 0 failed" in out.output
+    assert "effect vs baseline" in out.output and "baseline" in out.output
+
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("batchnorm")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("ablate.role") == "parent"]
+    cells = [r for r in runs if r.data.tags.get("ablate.role") == "cell"]
+    assert len(parents) == 1 and len(cells) == 6
+    assert {r.info.run_name for r in cells} == {f"batchnorm={b} seed={s}" for b in ("true", "false") for s in (0, 1, 2)}
+    run = next(r for r in cells if r.info.run_name == "batchnorm=false seed=1")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.batchnorm"] == "False" and run.data.params["factor.batchnorm"] == "false"
+    assert run.data.params["train.seed"] == "1" and run.data.params["optim.lr"] == "0.001"
+    tags = run.data.tags
+    assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert tags["ablate.profile"] == "smoke" and tags["ablate.seed"] == "1" and "ablate.git_commit" in tags
+    assert "optuna.trial_number" in tags and len(tags["ablate.config_hash"]) == 12
+    assert {"test_acc", "test_top3", "test_loss", "train_loss", "val_acc"} <= set(run.data.metrics)
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1]  # smoke: one epoch, step = epoch
+    files = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "learning_curves.png", "checkpoint"} <= files
+    ckpt = client.download_artifacts(run.info.run_id, "checkpoint/best.pt", str(workdir))
+    state = torch.load(ckpt, weights_only=True)
+    assert "features.0.0.weight" in state and not any("running_mean" in k for k in state)  # no BatchNorm
+
+    import optuna
+
+    trials = optuna.load_study(study_name=tags["optuna.study"], storage=f"sqlite:///{workdir}/mlruns/optuna.db").trials
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in cells}
+
+    again = runner.invoke(main, ["run", STUDY, "--profile", "smoke"])
+    assert again.exit_code == 0, again.output
+    assert "trained 0 cell(s), 6 already finished" in again.output
+    assert len(client.search_runs([exp.experiment_id])) == 7  # no new runs
+
+    csv = runner.invoke(main, ["report", "batchnorm", "--format", "csv", "--output", "table.csv"])
+    assert csv.exit_code == 0, csv.output
+    lines = (workdir / "table.csv").read_text().splitlines()
+    assert lines[0].startswith("arm,batchnorm,n,mean,std,ci_low,ci_high,diff") and len(lines) == 3
+    md = runner.invoke(main, ["report", "batchnorm", "--format", "markdown"])
+    assert md.output.count("| batchnorm") == 1 and "|---" in md.output.replace(":", "-")
+
+
+def test_report_of_unknown_study_is_a_clear_error(workdir):
+    out = CliRunner().invoke(main, ["report", "nosuchstudy"])
+    assert out.exit_code == 1 and "no study 'nosuchstudy'" in out.output

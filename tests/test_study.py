@@ -1,0 +1,112 @@
+from pathlib import Path
+
+import pytest
+
+from ablations.study import StudyError, load_study, parse_sets
+
+GOOD = """\
+name: bn
+question: does it help?
+base:
+  model.name: cnn4
+  optim.lr: 1e-3
+factors:
+  batchnorm: [true, false]
+seeds: [0, 1, 2]
+metric: {name: test_acc, direction: maximize}
+profiles:
+  smoke: {train.epochs: 1}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_file_expands_to_levels_times_seeds(tmp_path):
+    study = load_study(write(tmp_path, GOOD), "smoke")
+    cells = study.cells()
+    assert [c.key for c in cells[:4]] == [
+        "batchnorm=true seed=0",
+        "batchnorm=true seed=1",
+        "batchnorm=true seed=2",
+        "batchnorm=false seed=0",
+    ]
+    assert len(cells) == 6
+    cfg = study.cell_config(cells[3])
+    assert cfg.model.batchnorm is False and cfg.train.seed == 0 and cfg.train.epochs == 1
+    assert cfg.optim.lr == 1e-3  # YAML 1.2 float, not the string "1e-3"
+    assert cfg.model.widths == (32, 64, 128, 256)  # preset values resolved
+
+
+def test_study_key_ignores_seeds_but_not_the_recipe(tmp_path):
+    a = load_study(write(tmp_path, GOOD), "smoke")
+    more_seeds = load_study(write(tmp_path, GOOD.replace("[0, 1, 2]", "[0, 1, 2, 3]")), "smoke")
+    other_lr = load_study(write(tmp_path, GOOD.replace("1e-3", "3e-4")), "smoke")
+    assert a.key == more_seeds.key != other_lr.key
+
+
+def test_sets_override_profile(tmp_path):
+    study = load_study(write(tmp_path, GOOD), "smoke", parse_sets(["train.epochs=3", "optim.name=sgd"]))
+    assert study.config.train.epochs == 3 and study.config.optim.name == "sgd"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("factors:", "factor:", r"factor: unknown key; did you mean 'factors'\? valid keys: name, question"),
+        ("batchnorm: [true, false]", "batchnrom: [true, false]", r"factors.batchnrom: unknown factor.*batchnorm"),
+        ("batchnorm: [true, false]", "batchnorm: []", r"factors.batchnorm: has no levels"),
+        ("batchnorm: [true, false]", "dropout: [fc, middle]", r"factors.dropout\[middle\]:.*model.dropout"),
+        ("batchnorm: [true, false]", "batchnorm: [on, off]", r"factors.batchnorm\[on\]: write true or false"),
+        ("optim.lr: 1e-3", "optim.learning_rate: 1e-3", r"base: unknown config key 'optim.learning_rate'"),
+        ("optim.lr: 1e-3", "optim.lr: fast", r"optim.lr"),
+        ("seeds: [0, 1, 2]", "seeds: three", r"seeds: Input should be a valid list"),
+        ("seeds: [0, 1, 2]", "seeds: [0, 0]", r"seeds: seeds must be distinct"),
+        ("model.name: cnn4", "model.name: vgg99", r"unknown model 'vgg99'.*cnn4"),
+        ("name: test_acc", "name: accuracy", r"metric.name"),
+        ("{train.epochs: 1}", "{train.epoch: 1}", r"profiles.smoke: unknown config key 'train.epoch'"),
+    ],
+)
+def test_bad_files_name_file_and_key(tmp_path, old, new, message):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(StudyError, match=message) as info:
+        load_study(path, "smoke")
+    assert str(path) in str(info.value)
+
+
+def test_unknown_profile_lists_profiles(tmp_path):
+    with pytest.raises(StudyError, match="no profile 'fast'; this file has: smoke"):
+        load_study(write(tmp_path, GOOD), "fast")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(StudyError, match="no such study file"):
+        load_study(tmp_path / "nope.yaml")
+    with pytest.raises(StudyError, match="not valid YAML"):
+        load_study(write(tmp_path, "name: [unclosed"))
+
+
+def test_mapping_factor_and_dotted_key_factor(tmp_path):
+    text = GOOD.replace(
+        "batchnorm: [true, false]",
+        "optim.lr: [1.0e-3, 1.0e-2]\n  aug:\n"
+        "    light: {augment.rotation: 0}\n    heavy: {augment.rotation: 10, augment.erasing: 0.5}",
+    )
+    study = load_study(write(tmp_path, text), "smoke")
+    cells = study.cells()
+    assert len(cells) == 2 * 2 * 3
+    heavy = next(c for c in cells if c.levels == {"optim.lr": 1e-2, "aug": "heavy"})
+    cfg = study.cell_config(heavy)
+    assert cfg.optim.lr == 1e-2 and cfg.augment.rotation == 10 and cfg.augment.erasing == 0.5
+
+
+@pytest.mark.parametrize("path", sorted(Path("studies").rglob("*.yaml")))
+def test_every_shipped_study_validates_in_every_profile(path):
+    study = load_study(path)
+    for profile in ("full", "quick", "smoke"):
+        assert load_study(path, profile).cells()
+    assert study.profile == "full"

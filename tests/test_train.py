@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from core.config import RunConfig, apply_overrides
+from core.train import Callback, DivergedError, fit, select_device
+from tests.conftest import tiny_splits
+
+TINY = {"train.epochs": 2, "train.batch_size": 16, "train.device": "cpu"}
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.epochs, self.images = [], 0
+
+    def on_batch_end(self, epoch, step, images):
+        self.images += images
+
+    def on_epoch_end(self, epoch, metrics):
+        self.epochs.append((epoch, metrics))
+
+
+def test_fit_reports_every_epoch_and_test_metrics():
+    rec = Recorder()
+    result = fit(apply_overrides(RunConfig(), TINY), tiny_splits(), [rec])
+    assert [e for e, _ in rec.epochs] == [1, 2]
+    assert rec.images == 2 * 64  # 4 full batches of 16 per epoch
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s"):
+        assert math.isfinite(rec.epochs[0][1][key])
+    assert set(result.test) == {"test_loss", "test_acc", "test_top3"}
+    assert 0 <= result.test["test_acc"] <= result.test["test_top3"] <= 1
+    assert result.best_epoch in (1, 2) and result.config.model.widths == (32, 64, 128, 256)
+    assert all(t.device.type == "cpu" for t in result.state_dict.values())
+
+
+def test_same_seed_same_result_different_seed_differs():
+    a = fit(apply_overrides(RunConfig(), TINY), tiny_splits())
+    b = fit(apply_overrides(RunConfig(), TINY), tiny_splits())
+    c = fit(apply_overrides(RunConfig(), {**TINY, "train.seed": 1}), tiny_splits())
+    assert a.history[-1]["train_loss"] == b.history[-1]["train_loss"]
+    assert a.history[-1]["train_loss"] != c.history[-1]["train_loss"]
+
+
+def test_best_validation_weights_are_kept():
+    result = fit(apply_overrides(RunConfig(), {**TINY, "train.epochs": 3}), tiny_splits())
+    accs = [h["val_acc"] for h in result.history]
+    assert result.best_epoch == accs.index(max(accs)) + 1
+
+
+def test_sgd_and_step_schedule_decay_the_lr():
+    cfg = apply_overrides(
+        RunConfig(),
+        {
+            **TINY,
+            "train.epochs": 3,
+            "optim.name": "sgd",
+            "optim.lr": 0.1,
+            "schedule.name": "step",
+            "schedule.step_size": 1,
+            "schedule.gamma": 0.5,
+        },
+    )
+    result = fit(cfg, tiny_splits())
+    assert [h["lr"] for h in result.history] == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_nan_loss_raises_diverged():
+    # a zero std turns every normalised pixel into +-inf, so the loss is NaN
+    cfg = apply_overrides(RunConfig(), {**TINY, "augment.std": (0.0, 0.0, 0.0)})
+    with pytest.raises(DivergedError, match="epoch 1"):
+        fit(cfg, tiny_splits())
+
+
+def test_no_validation_set_keeps_last_epoch():
+    s = tiny_splits(n_val=0)
+    result = fit(apply_overrides(RunConfig(), TINY), s)
+    assert result.best_epoch == 2 and math.isnan(result.history[0]["val_acc"])
+
+
+def test_device_auto_falls_back_to_cpu():
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert select_device("auto").type == expected
