@@ -67,6 +67,7 @@ def run(
         return
 
     from ablations.runner import run_study
+    from ablations.search import GRACE_S
     from core.data import DataError
 
     click.echo(f"study {study.name} (profile {study.profile}): {len(cells)} cells; {study.question}")
@@ -87,6 +88,13 @@ def run(
     )
     for key, reason in summary.failed.items():
         click.echo(f"  failed: {key}: {reason}", err=True)
+    if summary.running_elsewhere:
+        click.echo(
+            f"  {len(summary.running_elsewhere)} cell(s) are held by another worker, or by one that died less than "
+            f"{GRACE_S} s ago (its heartbeat has not gone stale yet): {', '.join(summary.running_elsewhere)}; "
+            "run the same command again later to train them",
+            err=True,
+        )
     if not no_report:
         _print_report(study.name, tracking_uri, study.profile, "table", None, 0.05)
 

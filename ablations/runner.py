@@ -36,6 +36,8 @@ class RunSummary:
     trained: list[str] = field(default_factory=list)  # cell keys finished now
     failed: dict[str, str] = field(default_factory=dict)  # cell key -> reason
     skipped: int = 0  # cells already complete before this run
+    values: dict[str, float] = field(default_factory=dict)  # cell key -> study metric
+    running_elsewhere: list[str] = field(default_factory=list)  # cells another (or a just-killed) worker holds
     parent_run_id: str = ""
 
 
@@ -119,7 +121,12 @@ def run_study(
     data_cache: dict = {}
     _splits_for(study.config.data, data_cache)  # fail on missing data before anything is logged
     tracker = Tracker(tracking_uri)
-    ostudy, storage_obj = open_study(study, storage)
+
+    def mark_stale(trial) -> None:  # its worker died (SIGKILL, power loss): close its MLflow run too
+        if "mlflow_run_id" in trial.user_attrs:
+            tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED", "worker stopped: no heartbeat")
+
+    ostudy, storage_obj = open_study(study, storage, on_stale=mark_stale)
     todo, summary.skipped = pending_cells(study, ostudy)
     exp_id = tracker.experiment(study.name)
     tags = {
@@ -187,11 +194,18 @@ def run_study(
                 f"[{bar.n + 1}/{total}] {cell.key}",
             )
             bar.update(1)
+            if cell.key in summary.values:
+                value = summary.values[cell.key]
+                shown = f"{100 * value:.2f}%" if study.metric.name.endswith(("acc", "top3")) else f"{value:.4f}"
+                tqdm.write(f"[{bar.n}/{total}] {cell.key}: {study.metric.name} {shown}")
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         bar.close()
+        summary.running_elsewhere = [
+            t.user_attrs.get("cell", "?") for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ]
         if status != "KILLED" and summary.failed:
             status = "FAILED"
         tracker.end(parent, status)
@@ -244,10 +258,8 @@ def _run_cell(
         if bar:
             bar.close()
     tracker.end(run_id)
-    ostudy.tell(
-        trial,
-        result.test[study.metric.name]
-        if study.metric.name.startswith("test")
-        else result.history[result.best_epoch - 1][study.metric.name],
-    )
+    metric = study.metric.name
+    value = result.test[metric] if metric.startswith("test") else result.history[result.best_epoch - 1][metric]
+    ostudy.tell(trial, value)
     summary.trained.append(cell.key)
+    summary.values[cell.key] = value

@@ -16,9 +16,10 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ablations.factors import level_label
 from ablations.study import Cell, Study
@@ -43,13 +44,26 @@ def resolve_storage(url: str | None) -> str:
     return absolute_sqlite(url or os.environ.get("ABLATE_OPTUNA_STORAGE") or DEFAULT_STORAGE)
 
 
-def open_study(study: Study, storage: str | None = None) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+def open_study(
+    study: Study, storage: str | None = None, on_stale: Callable[[FrozenTrial], None] | None = None
+) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     """Create or load the Optuna study for ``study.key``, failing stale trials first.
+
+    Args:
+        study: the validated study.
+        storage: Optuna storage URL (see :func:`resolve_storage`).
+        on_stale: called with each trial found stale (its worker stopped beating
+            for ``GRACE_S`` seconds, e.g. killed with SIGKILL) after Optuna marks it FAILED.
 
     Returns:
         The Optuna study and its storage (for :class:`Heartbeat`).
     """
-    rdb = optuna.storages.RDBStorage(resolve_storage(storage), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    rdb = optuna.storages.RDBStorage(
+        resolve_storage(storage),
+        heartbeat_interval=HEARTBEAT_S,
+        grace_period=GRACE_S,
+        failed_trial_callback=(lambda _study, trial: on_stale(trial)) if on_stale else None,
+    )
     ostudy = optuna.create_study(
         storage=rdb, study_name=study.key, direction=study.metric.direction, load_if_exists=True
     )
