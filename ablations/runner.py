@@ -50,31 +50,36 @@ class _MlflowEpochs(Callback):
 
 
 class _Progress(Callback):
-    """One tqdm bar per run: images per second, ETA, last epoch's loss and accuracy."""
+    """One tqdm bar per run: epoch, batch, loss, images per second, ETA, last validation accuracy."""
 
     def __init__(self, label: str) -> None:
-        self.label, self.bar = label, None
+        self.label, self.bar, self.val = label, None, ""
 
     def on_fit_start(self, cfg: RunConfig, steps_per_epoch: int) -> None:
-        self.epochs = cfg.train.epochs
+        self.epochs, self.steps = cfg.train.epochs, steps_per_epoch
         total = steps_per_epoch * cfg.train.batch_size * cfg.train.epochs
         self.bar = tqdm(
             total=total,
             unit="img",
             unit_scale=True,
             leave=False,
-            desc=f"{self.label} epoch 1/{self.epochs}",
+            desc=self.label,
             dynamic_ncols=True,
             disable=None,
             mininterval=1.0,
         )
 
-    def on_batch_end(self, epoch: int, step: int, images: int) -> None:
+    def on_batch_end(self, epoch: int, step: int, images: int, loss) -> None:
         self.bar.update(images)
+        # Only when tqdm has just redrawn (about once a second): loss.item() waits for the device.
+        if not self.bar.disable and self.bar.n == self.bar.last_print_n:
+            self.bar.set_postfix_str(
+                f"epoch {epoch}/{self.epochs} batch {step + 1}/{self.steps} loss {loss.item():.3f}{self.val}",
+                refresh=False,
+            )
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.bar.set_description(f"{self.label} epoch {min(epoch + 1, self.epochs)}/{self.epochs}")
-        self.bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{100 * metrics['val_acc']:.1f}%")
+        self.val = f" val_acc {100 * metrics['val_acc']:.1f}%"
 
     def close(self) -> None:
         if self.bar is not None:

@@ -62,7 +62,7 @@ def open_study(
         resolve_storage(storage),
         heartbeat_interval=HEARTBEAT_S,
         grace_period=GRACE_S,
-        failed_trial_callback=(lambda _study, trial: on_stale(trial)) if on_stale else None,
+        heartbeat_stale_trial_callback=(lambda _study, trial: on_stale(trial)) if on_stale else None,
     )
     ostudy = optuna.create_study(
         storage=rdb, study_name=study.key, direction=study.metric.direction, load_if_exists=True

@@ -52,8 +52,15 @@ def seed_style(cfg: RunConfig, splits, steps: int, warmup: int, device) -> float
     model = create_model(cfg.model).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     ds = ReferenceDataset(splits.train_x, splits.train_y, reference_transform(cfg.augment, train=True))
-    loader = DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=2, drop_last=True,
-                        persistent_workers=False, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
     it = iter(loader)
     for _ in range(warmup):
         xb, yb = next(it)
@@ -73,7 +80,7 @@ class _Clock(Callback):
     def __init__(self, warmup: int, device) -> None:
         self.warmup, self.device, self.t0, self.images = warmup, device, None, 0
 
-    def on_batch_end(self, epoch: int, step: int, images: int) -> None:
+    def on_batch_end(self, epoch: int, step: int, images: int, loss) -> None:
         if step + 1 == self.warmup:
             _sync(self.device)
             self.t0 = time.perf_counter()
@@ -88,8 +95,10 @@ class _Clock(Callback):
 def engine(cfg: RunConfig, splits, steps: int, warmup: int, device) -> float:
     """Images/s of ``core.train.fit`` (one epoch of ``warmup + steps`` steps)."""
     clock = _Clock(warmup, device)
-    run = apply_overrides(cfg, {"train.epochs": 1, "train.max_steps": warmup + steps, "train.precision": "fp32",
-                                "train.channels_last": "off"})
+    run = apply_overrides(
+        cfg,
+        {"train.epochs": 1, "train.max_steps": warmup + steps, "train.precision": "fp32", "train.channels_last": "off"},
+    )
     fit(run, splits, [clock])
     return clock.rate
 
@@ -127,12 +136,16 @@ def main() -> None:
     data = load_cifar10()  # $ABLATE_DATA
     splits = make_splits(data, val_fraction=0.0, split_seed=0, test_subset=10)
     threads = torch.get_num_threads()
-    print(f"device {device}, torch {torch.__version__}, {threads} threads, model {args.model}, "
-          f"batch {cfg.train.batch_size}, {args.steps} timed steps after {args.warmup} warm-up steps")
+    print(
+        f"device {device}, torch {torch.__version__}, {threads} threads, model {args.model}, "
+        f"batch {cfg.train.batch_size}, {args.steps} timed steps after {args.warmup} warm-up steps"
+    )
     rates = {}
-    for name, fn in (("a. seed style (PIL per image, DataLoader 2 workers)", seed_style),
-                     ("b. ablate engine (uint8 on device, batched augmentation)", engine),
-                     ("c. compute only (batches ready beforehand)", compute_only)):
+    for name, fn in (
+        ("a. seed style (PIL per image, DataLoader 2 workers)", seed_style),
+        ("b. ablate engine (uint8 on device, batched augmentation)", engine),
+        ("c. compute only (batches ready beforehand)", compute_only),
+    ):
         rates[name[0]] = fn(cfg, splits, args.steps, args.warmup, device)
         print(f"{name:58s} {rates[name[0]]:9.0f} images/s")
     print(f"engine / seed style:   {rates['b'] / rates['a']:.2f}x")

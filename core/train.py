@@ -52,8 +52,13 @@ class Callback:
     def on_fit_start(self, cfg: RunConfig, steps_per_epoch: int) -> None:
         """Called once with the resolved config."""
 
-    def on_batch_end(self, epoch: int, step: int, images: int) -> None:
-        """After each optimiser step; ``images`` = batch size of that step."""
+    def on_batch_end(self, epoch: int, step: int, images: int, loss: Tensor) -> None:
+        """After each optimiser step (``step`` counts from 0 in each epoch).
+
+        ``images`` is the batch size of that step and ``loss`` its mean loss as a
+        0-dim tensor on the device: reading it (``.item()``) waits for the device,
+        so read it rarely.
+        """
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """After each epoch with ``train_loss``, ``train_acc``, ``val_loss``,
@@ -226,7 +231,7 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
             loss_sum += loss.detach() * len(idx)  # stays on the device: no sync per step
             correct += topk_correct(logits.detach(), yb)
             for cb in callbacks:
-                cb.on_batch_end(epoch, step, len(idx))
+                cb.on_batch_end(epoch, step, len(idx), loss)
         seen = min(steps * bs, n)
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):

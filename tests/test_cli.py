@@ -97,3 +97,33 @@ def test_run_then_report_then_nothing_to_do(workdir, real_archive):
 def test_report_of_unknown_study_is_a_clear_error(workdir):
     out = CliRunner().invoke(main, ["report", "nosuchstudy"])
     assert out.exit_code == 1 and "no study 'nosuchstudy'" in out.output
+
+
+def test_ui_serves_the_store_on_loopback(workdir):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-c", "from ablations.cli import main; main()", "ui", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    assert resp.status == 200 and b"MLflow" in resp.read()
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(1)
+        else:
+            pytest.fail("the MLflow UI did not answer within 90 s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (workdir / "mlruns" / "mlflow.db").exists()

@@ -14,7 +14,7 @@ class Recorder(Callback):
     def __init__(self):
         self.epochs, self.images = [], 0
 
-    def on_batch_end(self, epoch, step, images):
+    def on_batch_end(self, epoch, step, images, loss):
         self.images += images
 
     def on_epoch_end(self, epoch, metrics):
