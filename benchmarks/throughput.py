@@ -30,7 +30,7 @@ from core.augment import BatchAugment, ReferenceDataset, reference_transform
 from core.config import RunConfig, apply_overrides
 from core.data import load_cifar10, make_splits
 from core.models import create_model
-from core.train import Callback, fit, select_device
+from core.train import Callback, autocast_context, fit, memory_format, select_device
 
 
 def _step(model, opt, xb, yb):
@@ -104,21 +104,24 @@ def engine(cfg: RunConfig, splits, steps: int, warmup: int, device) -> float:
 
 
 def compute_only(cfg: RunConfig, splits, steps: int, warmup: int, device) -> float:
-    """Images/s of optimiser steps on batches augmented beforehand."""
+    """Images/s of optimiser steps on batches augmented beforehand, in the engine's memory format."""
     torch.manual_seed(0)
-    model = create_model(cfg.model).to(device).train()
+    fmt = memory_format(cfg, device)
+    model = create_model(cfg.model).to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     aug = BatchAugment(cfg.augment)
     bs = cfg.train.batch_size
     x = splits.train_x[: bs * 4].to(device)
     y = splits.train_y[: bs * 4].to(device)
-    batches = [(aug(x[i : i + bs]), y[i : i + bs]) for i in range(0, len(x), bs)]
-    for i in range(warmup):
-        _step(model, opt, *batches[i % len(batches)])
-    _sync(device)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        _step(model, opt, *batches[i % len(batches)])
+    batches = [(aug(x[i : i + bs]).contiguous(memory_format=fmt), y[i : i + bs]) for i in range(0, len(x), bs)]
+    autocast, _ = autocast_context(cfg, device)
+    with autocast:  # same precision as the engine (bf16 on CUDA, fp32 on the CPU)
+        for i in range(warmup):
+            _step(model, opt, *batches[i % len(batches)])
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            _step(model, opt, *batches[i % len(batches)])
     _sync(device)
     return steps * bs / (time.perf_counter() - t0)
 

@@ -28,7 +28,11 @@ def test_fit_reports_every_epoch_and_test_metrics():
     assert rec.images == 2 * 64  # 4 full batches of 16 per epoch
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s"):
         assert math.isfinite(rec.epochs[0][1][key])
-    assert set(result.test) == {"test_loss", "test_acc", "test_top3"}
+    assert {"test_loss", "test_acc", "test_top3", "test_acc_class_airplane", "test_acc_class_truck"} <= set(result.test)
+    per_class = [v for k, v in result.test.items() if k.startswith("test_acc_class_")]
+    counts = torch.bincount(tiny_splits().test_y, minlength=10)
+    assert len(per_class) == 10
+    assert float((torch.tensor(per_class) * counts).sum() / counts.sum()) == pytest.approx(result.test["test_acc"])
     assert 0 <= result.test["test_acc"] <= result.test["test_top3"] <= 1
     assert result.best_epoch in (1, 2) and result.config.model.widths == (32, 64, 128, 256)
     assert all(t.device.type == "cpu" for t in result.state_dict.values())
