@@ -62,6 +62,11 @@ class ModelConfig(_Section):
     dropout_p: float | None = None  # dropout probability (cnn4: 0.1, seed 000's choice)
     first_pool: bool | None = None  # max pooling in block 1 (cnn4: off; seed 000 removed it)
     widths: tuple[int, ...] | None = None  # conv channels per block (cnn4: 32, 64, 128, 256)
+    bn_position: Literal["before", "after"] | None = None  # BatchNorm before or after the ReLU (seed 000: before)
+    hidden: int | None = None  # width of a hidden fully connected layer (cnn5: 512; 0: none)
+    input_size: int | None = None  # inputs are resized to this many pixels (resnet18_imagenet: 224)
+    weights: str | None = None  # pretrained weights file (torchvision's or a checkpoint of this project)
+    trainable: tuple[str, ...] | None = None  # train only modules with these name prefixes; () or None: all
     num_classes: int = 10  # CIFAR-10
 
     @field_validator("dropout_p")
@@ -107,7 +112,7 @@ class AugmentConfig(_Section):
 class OptimConfig(_Section):
     """Optimiser."""
 
-    name: Literal["adam", "sgd"] = "adam"  # seed 000: Adam
+    name: Literal["adam", "adamw", "sgd"] = "adam"  # seed 000: Adam
     lr: float = 1.0e-3  # seed 000: 1e-3
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
@@ -117,9 +122,12 @@ class OptimConfig(_Section):
 class ScheduleConfig(_Section):
     """Learning-rate schedule, stepped once per epoch."""
 
-    name: Literal["none", "step"] = "none"  # seed 000: no scheduler
+    name: Literal["none", "step", "cosine", "onecycle", "plateau"] = "none"  # seed 000: no scheduler
     step_size: int = 10  # StepLR: epochs between decays (seed 001: 10)
-    gamma: float = 0.5  # StepLR: decay factor (seed 001: 0.5)
+    gamma: float = 0.5  # StepLR: decay factor (seed 001: 0.5); plateau: the factor on a plateau
+    patience: int = 2  # plateau: epochs without a better validation loss before the lr is cut
+    max_lr_factor: float = 10.0  # OneCycle: peak lr = optim.lr x this (Smith & Topin 2017 use ~10x)
+    min_lr: float = 0.0  # cosine: the lr reached at the last epoch
 
 
 class TrainConfig(_Section):
@@ -133,6 +141,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and CPU, off for MPS
     max_steps: int | None = None  # stop each epoch after this many batches (benchmarks, smoke)
+    early_stopping: int | None = None  # stop after this many epochs without a better val loss (seed 003)
 
 
 class RunConfig(_Section):

@@ -72,7 +72,8 @@ class FitResult:
 
     Attributes:
         config: the resolved config (model presets filled in).
-        history: one dict of epoch metrics per epoch (see :class:`Callback`).
+        history: one dict of epoch metrics per epoch (see :class:`Callback`); shorter than
+            ``train.epochs`` when early stopping ended the run.
         test: ``test_loss``, ``test_acc``, ``test_top3`` and ``test_acc_class_<class>``
             (accuracies in [0, 1]) of the best-validation weights on the test set.
         best_epoch: 1-based epoch whose weights were kept (highest val top-1;
@@ -132,18 +133,42 @@ def memory_format(cfg: RunConfig, device: torch.device) -> torch.memory_format:
     return torch.channels_last if on else torch.contiguous_format
 
 
-def _optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (model.trainable) stay out
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
-    s = cfg.schedule
-    if s.name == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
-    return None
+class _Schedule:
+    """The learning-rate schedule: stepped after each batch (OneCycle) or each epoch (the others)."""
+
+    def __init__(self, cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int) -> None:
+        s, sched = cfg.schedule, torch.optim.lr_scheduler
+        self.name = s.name
+        self.sched = {
+            "none": lambda: None,
+            "step": lambda: sched.StepLR(opt, step_size=s.step_size, gamma=s.gamma),
+            "cosine": lambda: sched.CosineAnnealingLR(opt, T_max=cfg.train.epochs, eta_min=s.min_lr),
+            # Smith & Topin (2017), "Super-convergence": one cycle up to max_lr and down over the whole run
+            "onecycle": lambda: sched.OneCycleLR(
+                opt, max_lr=cfg.optim.lr * s.max_lr_factor, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch
+            ),
+            "plateau": lambda: sched.ReduceLROnPlateau(opt, factor=s.gamma, patience=s.patience),
+        }[s.name]()
+
+    def after_batch(self) -> None:
+        if self.name == "onecycle":
+            self.sched.step()
+
+    def after_epoch(self, val_loss: float, train_loss: float) -> None:
+        if self.name == "plateau":
+            self.sched.step(val_loss if math.isfinite(val_loss) else train_loss)  # no val set: watch train loss
+        elif self.name not in ("none", "onecycle"):
+            self.sched.step()
 
 
 @torch.no_grad()
@@ -212,8 +237,7 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
     seed_everything(cfg.train.seed)
     data = (splits or load_splits(cfg.data)).to(device)
     model = create_model(cfg.model).to(device, memory_format=memory_format(cfg, device))
-    opt = _optimizer(cfg, model.parameters())
-    sched = _scheduler(cfg, opt)
+    opt = _optimizer(cfg, model)
     autocast, use_scaler = autocast_context(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     augment = BatchAugment(cfg.augment)
@@ -224,11 +248,13 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
     steps = n // bs if n >= bs else 1  # drop the last partial batch: steady shapes, as the seeds' loaders
     if cfg.train.max_steps:
         steps = min(steps, cfg.train.max_steps)
+    sched = _Schedule(cfg, opt, steps)
     for cb in callbacks:
         cb.on_fit_start(cfg, steps)
 
     history: list[dict[str, float]] = []
     best_acc, best_epoch, best_state = -math.inf, 0, None
+    best_val_loss, stale_epochs = math.inf, 0  # early stopping on validation loss (seed 003)
     for epoch in range(1, cfg.train.epochs + 1):
         # ---- one training epoch ----
         model.train()
@@ -247,6 +273,7 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            sched.after_batch()
             loss_sum += loss.detach() * len(idx)  # stays on the device: no sync per step
             correct += topk_correct(logits.detach(), yb)
             for cb in callbacks:
@@ -255,9 +282,7 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise DivergedError(epoch, train_loss)
-        lr = opt.param_groups[0]["lr"]
-        if sched is not None:
-            sched.step()
+        lr = opt.param_groups[0]["lr"]  # the lr this epoch ended with
         seconds = time.perf_counter() - te
 
         # ---- validation, bookkeeping ----
@@ -276,8 +301,15 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
         if score > best_acc:
             best_acc, best_epoch = score, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        sched.after_epoch(val["loss"], train_loss)
         for cb in callbacks:
             cb.on_epoch_end(epoch, metrics)
+        if cfg.train.early_stopping and len(data.val_x):
+            best_val_loss, stale_epochs = (
+                (val["loss"], 0) if val["loss"] < best_val_loss else (best_val_loss, stale_epochs + 1)
+            )
+            if stale_epochs >= cfg.train.early_stopping:
+                break
 
     assert best_state is not None, "train.epochs must be at least 1"
     model.load_state_dict(best_state)

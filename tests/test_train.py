@@ -85,3 +85,29 @@ def test_no_validation_set_keeps_last_epoch():
 def test_device_auto_falls_back_to_cpu():
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert select_device("auto").type == expected
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "plateau"])
+def test_schedulers_change_the_lr(name):
+    cfg = apply_overrides(RunConfig(), {**TINY, "train.epochs": 3, "schedule.name": name, "schedule.patience": 0})
+    lrs = [h["lr"] for h in fit(cfg, tiny_splits()).history]
+    if name == "cosine":
+        assert lrs[0] == pytest.approx(1e-3) and lrs[0] > lrs[1] > lrs[2]
+    elif name == "onecycle":  # stepped per batch: warms up above the base lr, then anneals far below it
+        assert max(lrs) > 1e-3 and lrs[-1] < max(lrs) / 10
+    else:  # patience 0: any epoch without a better val loss cuts the lr by gamma
+        assert lrs[-1] <= lrs[0]
+
+
+def test_adamw_applies_decoupled_weight_decay():
+    cfg = apply_overrides(RunConfig(), {**TINY, "optim.name": "adamw", "optim.weight_decay": 0.5})
+    assert fit(cfg, tiny_splits()).history
+
+
+def test_early_stopping_ends_the_run():
+    # lr 0 and no BatchNorm statistics: the model never changes, nor does its validation loss,
+    # so with patience 1 the run stops after epoch 2
+    frozen = {"optim.lr": 0.0, "model.batchnorm": False}
+    cfg = apply_overrides(RunConfig(), {**TINY, **frozen, "train.epochs": 6, "train.early_stopping": 1})
+    result = fit(cfg, tiny_splits())
+    assert len(result.history) == 2
