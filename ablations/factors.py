@@ -3,7 +3,8 @@
 A factor in a study file is one of:
 
 - a registered name below, whose levels are values of one config key
-  (``batchnorm: [true, false]`` sets ``model.batchnorm``);
+  (``batchnorm: [true, false]`` sets ``model.batchnorm``) or named levels that
+  set several (``batchnorm: [before, after, none]``, see ``LEVELS``);
 - a dotted config key itself (``optim.lr: [1.0e-3, 3.0e-4]``);
 - a mapping from level label to dotted overrides, for levels that change
   several settings at once::
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FACTORS", "factor_overrides", "level_label"]
+__all__ = ["FACTORS", "LEVELS", "factor_overrides", "level_label"]
 
 # Registered factors: name -> the config key its levels set.
 FACTORS: dict[str, str] = {
@@ -29,6 +30,16 @@ FACTORS: dict[str, str] = {
     "scheduler": "schedule.name",  # learning-rate schedule
     "optimizer": "optim.name",  # adam / sgd
     "model": "model.name",  # registered network
+}
+
+
+# Named levels of registered factors that set more than one key (any other level is the key's value).
+LEVELS: dict[str, dict[str, dict[str, Any]]] = {
+    "batchnorm": {
+        "before": {"model.batchnorm": True, "model.bn_position": "before"},  # conv -> BN -> ReLU (seed 000)
+        "after": {"model.batchnorm": True, "model.bn_position": "after"},  # conv -> ReLU -> BN
+        "none": {"model.batchnorm": False},
+    },
 }
 
 
@@ -52,4 +63,6 @@ def factor_overrides(name: str, spec: list | dict, level: Any) -> dict[str, Any]
     """
     if isinstance(spec, dict):
         return dict(spec[level])
+    if isinstance(level, str) and level in LEVELS.get(name, {}):
+        return dict(LEVELS[name][level])
     return {FACTORS.get(name, name): level}
