@@ -23,7 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from core.augment import normalize  # noqa: E402
-from core.config import RunConfig  # noqa: E402
+from core.config import ConfigError, RunConfig  # noqa: E402
 from core.data import CLASSES, load_splits  # noqa: E402
 from core.metrics import per_class_accuracy  # noqa: E402
 from core.models import create_model  # noqa: E402
@@ -78,11 +78,11 @@ def load_checkpoint(checkpoint: str | Path, config: RunConfig | None = None, dev
         raise InferenceError(f"{path}: no such checkpoint file")
     cfg = resolve_config(config or RunConfig())
     dev = select_device(device)
-    model = create_model(cfg.model)
+    # Build from the checkpoint itself: the pretrained file the run started from may not be on this machine.
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise InferenceError(f"{path}: does not fit model '{cfg.model.name}' ({str(exc).splitlines()[0]})") from None
+        model = create_model(cfg.model.model_copy(update={"weights": str(path)}))
+    except ConfigError as exc:
+        raise InferenceError(f"{path}: does not fit model '{cfg.model.name}': {exc}") from None
     model = model.to(dev, memory_format=memory_format(cfg, dev)).eval()
     return LoadedModel(model, cfg, dev)
 
