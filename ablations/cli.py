@@ -96,39 +96,98 @@ def run(
             err=True,
         )
     if not no_report:
-        _print_report(study.name, tracking_uri, study.profile, "table", None, 0.05)
+        _print_report(study.name, tracking_uri, study.profile, "table", None, spec=study)
 
 
 @main.command()
 @click.argument("study")
 @click.option("--profile", default=None, help="Report this profile's runs (default: the newest).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "markdown", "latex", "html", "json"]),
+    default="table",
+    show_default=True,
+    help="csv: one file per table with --output (FILE, FILE.effects.csv, FILE.claims.csv).",
+)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file.")
-@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level of the verdicts.")
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Significance level of the verdicts. [default: the study's alpha, else 0.05]",
+)
+@click.option(
+    "--effect",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    metavar="SIZE",
+    help="Effect size (percent points for accuracies) the seeds-needed column is computed for. "
+    "[default: the claimed size, else the observed difference]",
+)
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Write the figures (effects, learning curves, per-class) to DIR and log them to the parent run.",
+)
 @tracking_option
 def report(
-    study: str, profile: str | None, fmt: str, output: Path | None, alpha: float, tracking_uri: str | None
+    study: str,
+    profile: str | None,
+    fmt: str,
+    output: Path | None,
+    alpha: float | None,
+    effect: float | None,
+    plots: Path | None,
+    tracking_uri: str | None,
 ) -> None:
-    """The results table of STUDY (its name, or its file): mean, CI, effect vs baseline, verdict."""
-    name = load_study(study).name if study.endswith((".yaml", ".yml")) else study
-    _print_report(name, tracking_uri, profile, fmt, output, alpha)
+    """The report of STUDY (its name, or its file): arms, effects with CIs, verdicts, claims.
+
+    Read from MLflow alone. Given a study file, its current claims, baseline and
+    alpha are used instead of those logged with the runs.
+    """
+    spec = None
+    if study.endswith((".yaml", ".yml")):
+        spec = _load(Path(study), None, ())
+        study = spec.name
+    _print_report(study, tracking_uri, profile, fmt, output, alpha, effect=effect, plots=plots, spec=spec)
 
 
 def _print_report(
-    name: str, tracking_uri: str | None, profile: str | None, fmt: str, output: Path | None, alpha: float
+    name: str,
+    tracking_uri: str | None,
+    profile: str | None,
+    fmt: str,
+    output: Path | None,
+    alpha: float | None = None,
+    *,
+    effect: float | None = None,
+    plots: Path | None = None,
+    spec=None,
 ) -> None:
-    from ablations.report import ReportError, arm_table, format_table, load_runs
+    from ablations.report import ReportError, build_report, load_runs, render, write_plots, write_report
 
     try:
         runs = load_runs(name, tracking_uri, profile)
-        text = format_table(runs, arm_table(runs, alpha), fmt)
+        if spec is not None:  # the study file's current claims, baseline and alpha
+            runs.claims = [c.model_dump() for c in spec.claims]
+            runs.baseline, runs.alpha = dict(spec.baseline), spec.alpha
+        rep = build_report(runs, alpha, effect)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     if output:
-        output.write_text(text)
-        click.echo(f"wrote {output}")
+        for path in write_report(rep, fmt, output):
+            click.echo(f"wrote {path}")
     else:
-        click.echo(text)
+        click.echo(render(rep, fmt), nl=False)
+    if plots:
+        paths = write_plots(rep, plots)
+        for path in paths:
+            click.echo(f"wrote {path} (logged to parent run {rep.runs.parent_run_id} as report/{path.name})")
+        if "per_class.png" not in {p.name for p in paths}:
+            click.echo("no per_class.png: the runs have no per-class metrics (test_acc_class_<class>)")
 
 
 @main.command()
@@ -147,6 +206,122 @@ def ui(port: int, tracking_uri: str | None) -> None:
         sys.exit(subprocess.call(cmd, env=os.environ.copy()))
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+@main.command("evaluate")
+@click.argument("run_id", required=False)
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="A weights file instead of a run.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --checkpoint: the run's config.yaml (default: the cnn4 defaults).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write the figures and per-class table to this folder.",
+)
+@tracking_option
+def evaluate_cmd(
+    run_id: str | None, checkpoint: Path | None, config_file: Path | None, output: Path | None, tracking_uri: str | None
+) -> None:
+    """Test loss, top-1/top-3, per-class accuracy, confusion matrix and misclassified images of RUN_ID.
+
+    With RUN_ID, everything is also logged to that MLflow run (metrics ``eval_*``, artifacts under ``evaluation/``).
+    """
+    from ablations.inference import (
+        InferenceError,
+        confusion_figure,
+        evaluate_checkpoint,
+        load_checkpoint,
+        load_run,
+        misclassified_figure,
+    )
+    from core.config import RunConfig
+    from core.data import DataError
+
+    if bool(run_id) == bool(checkpoint):
+        raise click.UsageError("give a RUN_ID or --checkpoint PATH (one of them)")
+    try:
+        if run_id:
+            loaded = load_run(run_id, tracking_uri)
+        else:
+            cfg = RunConfig.model_validate(yaml.safe_load(config_file.read_text())) if config_file else None
+            loaded = load_checkpoint(checkpoint, cfg)
+        res = evaluate_checkpoint(loaded)
+    except (InferenceError, DataError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"test loss {res['test_loss']:.4f}  top-1 {100 * res['test_acc']:.2f}%  top-3 {100 * res['test_top3']:.2f}%"
+    )
+    click.echo("per-class top-1 accuracy:")
+    for name, acc in res["per_class"].items():
+        click.echo(f"  {name:12s} {100 * acc:6.2f}%")
+    figs = {
+        "confusion_matrix.png": confusion_figure(res["confusion"]),
+        "misclassified.png": misclassified_figure(res["wrong"]),
+    }
+    per_class_csv = "class,top1\n" + "".join(f"{k},{v:.4f}\n" for k, v in res["per_class"].items())
+    if output:
+        output.mkdir(parents=True, exist_ok=True)
+        for name, fig in figs.items():
+            fig.savefig(output / name, dpi=120)
+        (output / "per_class.csv").write_text(per_class_csv)
+        click.echo(f"wrote {output}/confusion_matrix.png, misclassified.png, per_class.csv")
+    if run_id:
+        from ablations.tracking import Tracker
+
+        tracker = Tracker(tracking_uri)
+        metrics = {f"eval_{k}": res[k] for k in ("test_loss", "test_acc", "test_top3")}
+        metrics.update({f"eval_test_acc_class_{k}": v for k, v in res["per_class"].items()})
+        tracker.log_metrics(run_id, metrics, step=0)
+        for name, fig in figs.items():
+            tracker.log_figure(run_id, fig, f"evaluation/{name}")
+        tracker.client.log_text(run_id, per_class_csv, "evaluation/per_class.csv")
+        click.echo(f"logged to MLflow run {run_id} (artifacts under evaluation/)")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--run", "run_id", required=True, help="The MLflow run whose checkpoint predicts.")
+@click.option("--top-k", type=click.IntRange(1, 10), default=1, show_default=True, help="Print the k best classes.")
+@click.option("--show", is_flag=True, help="Save (and open, where a display exists) the 32x32 image the model saw.")
+@tracking_option
+def predict(images: tuple[Path, ...], run_id: str, top_k: int, show: bool, tracking_uri: str | None) -> None:
+    """Predict the class of IMAGES (JPEG, PNG or GIF of any size, resized to 32x32) with a run's model."""
+    from ablations.inference import InferenceError, load_run, predict_files
+
+    try:
+        loaded = load_run(run_id, tracking_uri)
+    except InferenceError as exc:
+        raise click.ClickException(str(exc)) from None
+    failed = 0
+    for res in predict_files(loaded, list(images), top_k):
+        if "error" in res:
+            failed += 1
+            click.echo(f"error: {res['error']}", err=True)
+            continue
+        best, conf = res["top"][0]
+        click.echo(f"{res['path']}: {best} ({100 * conf:.1f}%)")
+        if top_k > 1:
+            for rank, (name, p) in enumerate(res["top"], 1):
+                click.echo(f"  {rank}. {name:12s} {100 * p:5.1f}%")
+        if show:
+            _show(Path(res["path"]), res["image"])
+    if failed:
+        sys.exit(1)
+
+
+def _show(path: Path, image) -> None:
+    from PIL import Image
+
+    out = path.with_name(path.stem + ".seen.png")
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(out)
+    click.echo(f"  the model saw: {out}")
+    if os.environ.get("DISPLAY") or sys.platform in ("darwin", "win32"):
+        click.launch(str(out))
 
 
 @main.command()

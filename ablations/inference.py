@@ -131,15 +131,17 @@ def evaluate_checkpoint(loaded: LoadedModel) -> dict:
     cfg = loaded.config
     splits = load_splits(cfg.data).to(loaded.device)
     out = evaluate(loaded.model, splits.test_x, splits.test_y, cfg, topk=(1, 3), num_classes=cfg.model.num_classes)
-    preds = _predict(loaded, splits.test_x[:2000]).argmax(dim=1)
-    wrong_idx = (preds != splits.test_y[:2000]).nonzero().flatten()[:32].tolist()
+    # The test set is ordered by class: look for mistakes in a fixed random sample of it, not its start.
+    sample = torch.randperm(len(splits.test_x), generator=torch.Generator().manual_seed(0))[:2000].to(loaded.device)
+    preds = _predict(loaded, splits.test_x[sample]).argmax(dim=1)
+    wrong = (preds != splits.test_y[sample]).nonzero().flatten()[:32].tolist()
     return {
         "test_loss": out["loss"],
         "test_acc": out["acc"],
         "test_top3": out["top3"],
         "per_class": dict(zip(splits.classes, per_class_accuracy(out["confusion"]).tolist(), strict=True)),
         "confusion": out["confusion"],
-        "wrong": [(splits.test_x[i].cpu(), int(splits.test_y[i]), int(preds[i])) for i in wrong_idx],
+        "wrong": [(splits.test_x[sample[i]].cpu(), int(splits.test_y[sample[i]]), int(preds[i])) for i in wrong],
     }
 
 

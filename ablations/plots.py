@@ -5,9 +5,18 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed; figures are saved or logged
+import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-__all__ = ["learning_curves"]
+__all__ = [
+    "CLASS_PREFIX",
+    "arm_learning_curves",
+    "effect_plot",
+    "learning_curves",
+    "per_class_columns",
+    "per_class_difference",
+]
 
 
 def learning_curves(history: list[dict[str, float]], title: str = "") -> Figure:
@@ -32,6 +41,154 @@ def learning_curves(history: list[dict[str, float]], title: str = "") -> Figure:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+CLASS_PREFIX = "test_acc_class_"  # per-class test accuracy metrics: test_acc_class_<class name>, in [0, 1]
+
+
+def effect_plot(arms: pd.DataFrame, baseline: str, metric_label: str = "test_acc (%)", title: str = "") -> Figure:
+    """Each arm's mean with its 95% confidence interval, and its difference to the baseline.
+
+    Args:
+        arms: the report's arm table: ``arm``, ``mean``, ``ci_low``, ``ci_high``,
+            ``diff``, ``diff_low``, ``diff_high`` (report units, e.g. percent).
+        baseline: the baseline arm's name (drawn in another colour, with a reference line).
+        metric_label: axis label of the means, e.g. ``test_acc (%)``.
+        title: figure title.
+
+    Returns:
+        A Figure with two panels: means with intervals; differences to the baseline with intervals and 0 marked.
+
+    Raises:
+        ValueError: ``arms`` is empty.
+    """
+    if arms.empty:
+        raise ValueError("no arms to plot")
+    n = len(arms)
+    y = list(range(n))[::-1]
+    fig = Figure(figsize=(10, 1.2 + 0.45 * n), layout="constrained")
+    ax_m, ax_d = fig.subplots(1, 2, sharey=True)
+    for yi, row in zip(y, arms.itertuples(), strict=True):
+        is_base = row.arm == baseline
+        colour = "tab:orange" if is_base else "tab:blue"
+        lo, hi = _err(row.mean, row.ci_low, row.ci_high)
+        ax_m.errorbar(row.mean, yi, xerr=[[lo], [hi]], fmt="o", color=colour, capsize=4)
+        if is_base:
+            ax_m.axvline(row.mean, color=colour, ls=":", lw=1)
+            ax_d.plot(0, yi, "D", color=colour)
+        elif row.diff == row.diff:
+            lo, hi = _err(row.diff, row.diff_low, row.diff_high)
+            ax_d.errorbar(row.diff, yi, xerr=[[lo], [hi]], fmt="o", color=colour, capsize=4)
+    ax_d.axvline(0, color="grey", lw=1)
+    ax_m.set_yticks(y, [f"{a} (baseline)" if a == baseline else a for a in arms["arm"]])
+    ax_m.set(xlabel=f"{metric_label}: mean and 95% CI over seeds")
+    unit = " (pp)" if "%" in metric_label else ""
+    ax_d.set(xlabel=f"difference to the baseline{unit}, 95% CI")
+    for ax in (ax_m, ax_d):
+        ax.grid(alpha=0.3, axis="x")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _err(mid: float, lo: float, hi: float) -> tuple[float, float]:
+    return (mid - lo, hi - mid) if lo == lo else (0.0, 0.0)
+
+
+def arm_learning_curves(history: pd.DataFrame, order: list[str] | None = None, title: str = "") -> Figure:
+    """Per-epoch loss and accuracy per arm: mean over seeds with a band of ± one standard deviation.
+
+    Args:
+        history: long table with ``arm``, ``seed``, ``epoch``, ``metric`` (``train_loss``,
+            ``val_loss``, ``train_acc``, ``val_acc``) and ``value`` (accuracies in [0, 1]).
+        order: arms in the order to draw (default: sorted).
+        title: figure title.
+
+    Returns:
+        A Figure with two panels (loss; accuracy in percent); train solid, validation dashed, one colour per arm.
+
+    Raises:
+        ValueError: ``history`` is empty.
+    """
+    if history.empty:
+        raise ValueError("no metric history to plot")
+    arms = order or sorted(history["arm"].unique())
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    colours = matplotlib.colormaps["tab10"]
+    for i, arm in enumerate(a for a in arms if a in set(history["arm"])):
+        h = history[history["arm"] == arm]
+        for split, style in (("train", "-"), ("val", "--")):
+            for ax, kind, scale in ((ax_loss, "loss", 1.0), (ax_acc, "acc", 100.0)):
+                g = h[h["metric"] == f"{split}_{kind}"].groupby("epoch")["value"]
+                if not len(g):
+                    continue
+                mean, sd = g.mean() * scale, g.std(ddof=1).fillna(0) * scale
+                ax.plot(mean.index, mean, style, color=colours(i % 10), label=f"{arm} {split}")
+                ax.fill_between(mean.index, mean - sd, mean + sd, color=colours(i % 10), alpha=0.15, lw=0)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.legend(fontsize="small")
+    fig.suptitle((f"{title}\n" if title else "") + "mean over seeds, band ± 1 SD; train solid, validation dashed")
+    return fig
+
+
+def per_class_columns(runs: pd.DataFrame) -> list[str]:
+    """The per-class accuracy columns (``test_acc_class_<class>``) of a runs table, in column order."""
+    return [c for c in runs.columns if str(c).startswith(CLASS_PREFIX)]
+
+
+def per_class_difference(runs: pd.DataFrame, baseline: str, title: str = "") -> Figure:
+    """Per-class test accuracy difference of each arm to the baseline arm, with 95% intervals.
+
+    The difference of each class is paired by seed when the arms share seeds
+    (Welch otherwise), as in the report (:func:`ablations.stats.compare`).
+
+    Args:
+        runs: one row per finished run: ``arm``, ``seed`` and ``test_acc_class_<class>`` in [0, 1].
+        baseline: the baseline arm's name.
+        title: figure title.
+
+    Returns:
+        A Figure: classes on the x axis, one marker with an error bar per arm, in percent points.
+
+    Raises:
+        ValueError: no ``test_acc_class_*`` columns, or no runs of the baseline arm.
+    """
+    from ablations.stats import compare
+
+    cols = per_class_columns(runs)
+    if not cols:
+        raise ValueError(f"no per-class accuracy metrics ({CLASS_PREFIX}<class>) in the runs")
+    if baseline not in set(runs["arm"]):
+        raise ValueError(f"no runs of the baseline arm '{baseline}'")
+    base = runs[runs["arm"] == baseline].set_index("seed")
+    others = [a for a in dict.fromkeys(runs["arm"]) if a != baseline]
+    classes = [c.removeprefix(CLASS_PREFIX) for c in cols]
+    fig = Figure(figsize=(max(8, 0.9 * len(classes)), 4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(others), 1)
+    for i, arm in enumerate(others):
+        treat = runs[runs["arm"] == arm].set_index("seed")
+        xs = [j - 0.4 + width * (i + 0.5) for j in range(len(classes))]
+        est, lo, hi = [], [], []
+        for col in cols:
+            c = compare(100 * treat[col].astype(float), 100 * base[col].astype(float))
+            est.append(c.estimate)
+            lo.append(c.estimate - c.ci_low if c.ci_low == c.ci_low else 0.0)
+            hi.append(c.ci_high - c.estimate if c.ci_high == c.ci_high else 0.0)
+        ax.errorbar(xs, est, yerr=[lo, hi], fmt="o", capsize=3, label=arm)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set(ylabel=f"test accuracy difference to\n{baseline} (pp), 95% CI (uncorrected)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     return fig

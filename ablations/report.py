@@ -1,28 +1,63 @@
-"""The results table, read from MLflow alone: one row per arm, with error bars.
+"""The study report, read from MLflow alone: arms, effects with intervals, verdicts, claims; plots and exports.
 
-Per arm: finished runs, mean and standard deviation of the study metric, its
-95% confidence interval (t distribution), and the difference to the baseline
-arm (the first level of every factor) with a 95% interval and a p-value:
-paired by seed (paired t test) when the two arms share at least two seeds, a
-Welch two-sample t test otherwise. Verdicts need at least 3 runs per arm.
-Accuracies are shown in percent, so differences are in percentage points.
+:func:`load_runs` reads one parent run (its tags ``ablate.factors``,
+``ablate.metric``, ``ablate.direction`` and its ``config.yaml``: alpha,
+baseline, claims, budget) and its child runs. :func:`build_report` computes
+three tables with :mod:`ablations.stats`:
+
+- arms: per arm, runs finished and failed, mean, standard deviation, 95% t
+  interval, median, and the difference to the baseline arm;
+- effects: every arm against the baseline arm and, with two or more factors,
+  each factor's main effect and each pair's interaction, with a 95% t
+  interval, p-value (paired t when the seeds match, Welch t otherwise), Holm's
+  correction over all of them, a rank test as a check, an effect size, a
+  verdict at the study's alpha and the seeds per arm for 80% power;
+- claims: each claim of the study file against its measured effect.
+
+:func:`render` writes them as a terminal table (100 columns), CSV, Markdown,
+LaTeX, HTML or JSON; :func:`write_plots` draws the figures of
+:mod:`ablations.plots`. Accuracies are shown in percent, so differences are in
+percent points (pp).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from dataclasses import dataclass
+import os
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+import yaml
 
+from ablations import stats
+from ablations.factors import level_label
+from ablations.stats import MIN_SEEDS, Contrast
 from ablations.tracking import TAG, Tracker
 
-__all__ = ["ReportError", "StudyRuns", "arm_table", "format_table", "load_runs"]
+__all__ = [
+    "FORMATS",
+    "Report",
+    "ReportError",
+    "StudyRuns",
+    "arm_table",
+    "build_report",
+    "load_histories",
+    "load_runs",
+    "render",
+    "write_plots",
+    "write_report",
+]
 
-MIN_SEEDS = 3  # fewer runs per arm: no verdict (the interval would be meaningless)
+FORMATS = ("table", "csv", "markdown", "latex", "html", "json")
+WIDTH = 100  # the terminal table fits this many columns
+POWER = 0.8
+CURVE_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 
 class ReportError(LookupError):
@@ -35,11 +70,17 @@ class StudyRuns:
 
     Attributes:
         study, profile, parent_run_id: which study and which of its parent runs.
-        factors: factor name -> levels in file order (first = baseline).
+        factors: factor name -> level labels in file order.
         metric, direction: the study metric and ``maximize``/``minimize``.
-        runs: one row per finished cell: ``arm``, ``seed``, one column per
-            factor (level label), and every final metric.
+        runs: one row per finished cell: ``arm``, ``seed``, ``run_id``, one
+            column per factor (level label), and every final metric.
         failed: number of child runs that failed or were killed.
+        claims: the study's claims (dicts with the keys of ``ablations.study.Claim``).
+        baseline: factor -> level label of the baseline arm; factors missing take their first level.
+        alpha: significance level of the verdicts.
+        failures: one row per failed or killed child run: ``arm``, ``seed``, ``status``.
+        budget: the settings that fix the budget (``train.epochs``, ``data.train_subset``, ...) if known.
+        tracking_uri: where the runs were read (for learning curves and logging plots).
     """
 
     study: str
@@ -50,13 +91,31 @@ class StudyRuns:
     direction: str
     runs: pd.DataFrame
     failed: int
+    claims: list[dict] = field(default_factory=list)
+    baseline: dict[str, str] = field(default_factory=dict)
+    alpha: float = 0.05
+    failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    budget: dict[str, object] = field(default_factory=dict)
+    tracking_uri: str | None = None
+
+
+_BUDGET_KEYS = ("train.epochs", "data.train_subset", "data.test_subset")
 
 
 def load_runs(study: str, tracking_uri: str | None = None, profile: str | None = None) -> StudyRuns:
     """Read the newest parent run of ``study`` (optionally of one profile) and its children.
 
+    Args:
+        study: the study's name (its MLflow experiment).
+        tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or the project store).
+        profile: read this profile's parent run instead of the newest.
+
+    Returns:
+        The :class:`StudyRuns`; alpha, baseline and claims come from the parent
+        run's ``config.yaml`` (defaults when it predates them).
+
     Raises:
-        ReportError: the experiment, parent run or finished runs are missing.
+        ReportError: the experiment or parent run is missing.
     """
     tracker = Tracker(tracking_uri)
     parents = [p for p in tracker.parents(study) if profile is None or p.data.tags.get(f"{TAG}profile") == profile]
@@ -66,168 +125,820 @@ def load_runs(study: str, tracking_uri: str | None = None, profile: str | None =
             "run `ablate run studies/<study>.yaml` first, or pass --tracking-uri"
         )
     parent = parents[0]
+    pid = parent.info.run_id
     ptags = parent.data.tags
     factors = json.loads(ptags[f"{TAG}factors"])
     rows = []
-    for run in tracker.children(parent.info.run_id):
+    for run in tracker.children(pid):
         tags = run.data.tags
         row = {"arm": tags[f"{TAG}arm"], "seed": int(tags[f"{TAG}seed"]), "run_id": run.info.run_id}
         row.update({f: run.data.params.get(f"factor.{f}") for f in factors})
         row.update(run.data.metrics)
         rows.append(row)
-    failed = len(tracker.children(parent.info.run_id, "FAILED")) + len(tracker.children(parent.info.run_id, "KILLED"))
+    failures = [
+        {"arm": r.data.tags.get(f"{TAG}arm"), "seed": int(r.data.tags.get(f"{TAG}seed", -1)), "status": status}
+        for status in ("FAILED", "KILLED")
+        for r in tracker.children(pid, status)
+    ]
+    config = _parent_config(tracker, pid)
+    overrides = config.get("overrides") or {}
     return StudyRuns(
         study,
-        parent.data.tags.get(f"{TAG}profile", "?"),
-        parent.info.run_id,
+        ptags.get(f"{TAG}profile", "?"),
+        pid,
         factors,
         ptags[f"{TAG}metric"],
         ptags[f"{TAG}direction"],
         pd.DataFrame(rows),
-        failed,
+        len(failures),
+        claims=list(config.get("claims") or []),
+        baseline={f: level_label(v) for f, v in (config.get("baseline") or {}).items()},
+        alpha=float(config.get("alpha", 0.05)),
+        failures=pd.DataFrame(failures, columns=["arm", "seed", "status"]),
+        budget={k: overrides[k] for k in _BUDGET_KEYS if k in overrides},
+        tracking_uri=tracker.uri,
     )
 
 
-def _ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    n = len(values)
-    if n < 2:
-        return math.nan, math.nan
-    if values.std() == 0:  # every seed gave the same value: a zero-width interval
-        return float(values[0]), float(values[0])
-    lo, hi = stats.t.interval(level, n - 1, loc=values.mean(), scale=stats.sem(values))
-    return float(lo), float(hi)
+def _parent_config(tracker: Tracker, run_id: str) -> dict:
+    from mlflow.exceptions import MlflowException
+
+    key, before = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ[key] = "false"  # no progress bar on the terminal for one small file
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = tracker.client.download_artifacts(run_id, "config.yaml", tmp)
+            return yaml.safe_load(Path(path).read_text()) or {}
+    except (MlflowException, OSError, yaml.YAMLError):
+        return {}
+    finally:
+        if before is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = before
 
 
-def compare(treat: pd.Series, base: pd.Series, level: float = 0.95) -> dict[str, float | str]:
-    """Difference of means ``treat - base`` with its interval and p-value.
+def load_histories(sr: StudyRuns, keys: tuple[str, ...] = CURVE_METRICS) -> pd.DataFrame:
+    """Per-epoch metric histories of every finished run (MLflow ``get_metric_history``).
 
     Args:
-        treat, base: metric values indexed by seed.
-        level: confidence level of the interval.
+        sr: the study's runs (with ``tracking_uri``).
+        keys: metric names to read.
 
     Returns:
-        ``diff``, ``diff_low``, ``diff_high``, ``p`` and ``test`` (``paired t``
-        when at least two seeds are shared, else ``Welch t``); NaNs when either
-        arm has fewer than two values.
+        Long table with columns ``arm``, ``seed``, ``epoch`` (the MLflow step),
+        ``metric`` and ``value`` (as logged: accuracies as fractions).
     """
-    shared = treat.index.intersection(base.index)
-    if len(shared) >= 2:
-        d = (treat[shared] - base[shared]).to_numpy(float)
-        lo, hi = _ci(d, level)
-        p = stats.ttest_rel(treat[shared], base[shared]).pvalue if d.std() > 0 else (0.0 if d.mean() else 1.0)
-        return {"diff": float(d.mean()), "diff_low": lo, "diff_high": hi, "p": float(p), "test": "paired t"}
-    if len(treat) < 2 or len(base) < 2:
-        return {
-            "diff": float(treat.mean() - base.mean()),
-            "diff_low": math.nan,
-            "diff_high": math.nan,
-            "p": math.nan,
-            "test": "-",
-        }
-    res = stats.ttest_ind(treat, base, equal_var=False)
-    ci = res.confidence_interval(level)
+    tracker = Tracker(sr.tracking_uri)
+    rows = [
+        {"arm": run.arm, "seed": run.seed, "epoch": m.step, "metric": key, "value": m.value}
+        for run in sr.runs.itertuples()
+        for key in keys
+        for m in tracker.client.get_metric_history(run.run_id, key)
+    ]
+    return pd.DataFrame(rows, columns=["arm", "seed", "epoch", "metric", "value"])
+
+
+# --------------------------------------------------------------------------------------------- the tables
+
+
+@dataclass
+class Report:
+    """The report's tables and what they were computed with.
+
+    Attributes:
+        runs: the input.
+        alpha: significance level of the verdicts (and 1 - level of the claims' intervals).
+        effect: the effect size given for the seeds-needed column (report unit), or None.
+        scale, unit: metric values are multiplied by ``scale`` (100 for accuracies) and
+            shown in ``unit`` (``%``; differences in ``pp``) or as logged (``""``).
+        baseline: the baseline arm's name.
+        arms: one row per arm (see :func:`build_report`).
+        effects: one row per comparison.
+        claims: one row per claim.
+    """
+
+    runs: StudyRuns
+    alpha: float
+    effect: float | None
+    scale: float
+    unit: str
+    baseline: str
+    arms: pd.DataFrame
+    effects: pd.DataFrame
+    claims: pd.DataFrame
+
+    @property
+    def diff_unit(self) -> str:
+        """Unit of differences: ``pp`` (percent points) for accuracies, else none."""
+        return "pp" if self.unit == "%" else ""
+
+    @property
+    def budget(self) -> str:
+        """The budget the numbers came from, e.g. ``profile quick (train.epochs=4), 3 seeds per arm``."""
+        b = self.runs.budget
+        settings = f" ({', '.join(f'{k}={v}' for k, v in b.items())})" if b else ""
+        n = self.arms["n"]
+        if n.empty:
+            return f"profile {self.runs.profile}{settings}"
+        seeds = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}-{int(n.max())}"
+        return f"profile {self.runs.profile}{settings}, {seeds} seeds per arm"
+
+
+def _is_accuracy(metric: str) -> bool:
+    return metric.endswith(("acc", "top3"))
+
+
+def _arms(factors: dict[str, list[str]]) -> list[tuple[str, dict[str, str]]]:
+    names = list(factors)
+    out = []
+    for combo in itertools.product(*(factors[n] for n in names)):
+        levels = dict(zip(names, combo, strict=True))
+        out.append((" ".join(f"{n}={lv}" for n, lv in levels.items()), levels))
+    return out
+
+
+def _series(sr: StudyRuns, metric: str, scale: float) -> dict[str, pd.Series]:
+    if metric not in sr.runs:
+        return {}
     return {
-        "diff": float(treat.mean() - base.mean()),
-        "diff_low": float(ci.low),
-        "diff_high": float(ci.high),
-        "p": float(res.pvalue),
-        "test": "Welch t",
+        arm: g.set_index("seed")[metric].astype(float).dropna() * scale
+        for arm, g in sr.runs.groupby("arm")
+        if g[metric].notna().any()
     }
 
 
-def _verdict(row: dict, n_min: int, alpha: float, maximize: bool) -> str:
-    if n_min < MIN_SEEDS:
-        return f"not possible: < {MIN_SEEDS} seeds"
-    if not row["p"] < alpha:
-        return "no detectable difference"
-    return "better" if (row["diff"] > 0) == maximize else "worse"
+def _weights(arms: list[tuple[str, dict[str, str]]], treat: dict[str, str], control: dict[str, str]) -> dict:
+    """+1/|T| for the arms matching ``treat``, -1/|C| for those matching ``control`` (others averaged over)."""
+    t = [a for a, lv in arms if all(lv[f] == v for f, v in treat.items())]
+    c = [a for a, lv in arms if all(lv[f] == v for f, v in control.items())]
+    w = dict.fromkeys(t + c, 0.0)
+    for a in t:
+        w[a] += 1 / len(t)
+    for a in c:
+        w[a] -= 1 / len(c)
+    return {a: v for a, v in w.items() if v != 0}
 
 
-def arm_table(sr: StudyRuns, alpha: float = 0.05) -> pd.DataFrame:
-    """One row per arm: levels, n, mean, std, 95% CI, difference to the baseline, p, verdict.
+def _interaction_weights(arms, f: str, lf: str, bf: str, g: str, lg: str, bg: str) -> dict:
+    """(F=lf,G=lg) - (F=lf,G=bg) - (F=bf,G=lg) + (F=bf,G=bg), averaged over the other factors."""
+    cells = {(lf, lg): 1.0, (lf, bg): -1.0, (bf, lg): -1.0, (bf, bg): 1.0}
+    chosen = [(a, cells[(lv[f], lv[g])]) for a, lv in arms if (lv[f], lv[g]) in cells]
+    k = len(chosen) / 4
+    return {a: w / k for a, w in chosen}
 
-    Accuracy metrics are converted to percent; the baseline arm is the one
-    with the first level of every factor.
+
+def _same_contrast(a: dict, b: dict) -> int:
+    """1 if the weights are equal, -1 if opposite, 0 otherwise."""
+    if set(a) != set(b):
+        return 0
+    for sign in (1, -1):
+        if all(math.isclose(a[k], sign * b[k]) for k in a):
+            return sign
+    return 0
+
+
+def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None = None) -> Report:
+    """Compute the arm, effect and claim tables of a study.
+
+    Args:
+        sr: the study's runs.
+        alpha: significance level of the verdicts; ``None`` takes the study's (default 0.05).
+        effect: effect size (report unit: percent points for accuracies) for the
+            seeds-needed column; ``None`` uses the claimed size of a claim on the
+            same comparison, else the observed difference.
+
+    Returns:
+        A :class:`Report`. ``arms`` columns: ``arm``, one per factor, ``n``, ``mean``, ``std``,
+        ``ci_low``, ``ci_high`` (95% t), then the difference to the baseline arm (``diff``,
+        ``diff_low``, ``diff_high``, ``test``, ``p``, ``p_holm``, ``p_check``, ``effect_size``,
+        ``seeds_needed``, ``verdict``), ``median``, ``failed``. ``effects`` columns: ``kind``
+        (``arm``, ``main``, ``interaction``), ``effect``, ``vs``, ``n``, ``estimate``, ``ci_low``,
+        ``ci_high``, ``test``, ``p``, ``p_holm``, ``check``, ``p_check``, ``effect_size_kind``,
+        ``effect_size``, ``sd``, ``target``, ``target_from``, ``power_alpha``, ``seeds_needed``,
+        ``verdict``. ``claims`` columns: ``claim``, ``source``, ``metric``, ``treatment``,
+        ``control``, ``direction``, ``min_effect``, ``n``, ``estimate``, ``ci_low``, ``ci_high``,
+        ``level``, ``test``, ``p``, ``target``, ``seeds_needed``, ``verdict``.
 
     Raises:
         ReportError: there are no finished runs.
     """
     if sr.runs.empty:
         raise ReportError(f"study '{sr.study}' has no finished runs yet")
-    scale = 100.0 if sr.metric.endswith(("acc", "top3")) else 1.0
-    factors = list(sr.factors)
-    base_arm = " ".join(f"{f}={sr.factors[f][0]}" for f in factors)
-    series = {arm: g.set_index("seed")[sr.metric].astype(float) * scale for arm, g in sr.runs.groupby("arm")}
-    order = [a for a in _arm_order(sr.factors) if a in series]
+    alpha = sr.alpha if alpha is None else alpha
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    scale = 100.0 if _is_accuracy(sr.metric) else 1.0
+    unit = "%" if scale == 100.0 else ""
+    arms = _arms(sr.factors)
+    base_levels = {f: sr.baseline.get(f, levels[0]) for f, levels in sr.factors.items()}
+    base_arm = " ".join(f"{f}={lv}" for f, lv in base_levels.items())
+    series = _series(sr, sr.metric, scale)
+    claim_weights = [
+        (_weights(arms, _labels(c["treatment"]), _labels(c["control"])), c.get("min_effect"))
+        for c in sr.claims
+        if (c.get("metric") or sr.metric) == sr.metric
+    ]
+
+    # every comparison of the family: arms vs baseline, main effects, interactions
+    specs: list[tuple[str, str, str, dict[str, float]]] = []
+    for arm, _ in arms:
+        if arm != base_arm:
+            specs.append(("arm", arm, base_arm, _weights(arms, dict(_levels(arms, arm)), base_levels)))
+    names = list(sr.factors)
+    if len(names) >= 2:
+        for f in names:
+            for lv in sr.factors[f]:
+                if lv != base_levels[f]:
+                    specs.append(
+                        ("main", f"{f}={lv}", f"{f}={base_levels[f]}", _weights(arms, {f: lv}, {f: base_levels[f]}))
+                    )
+        for f, g in itertools.combinations(names, 2):
+            for lf in (x for x in sr.factors[f] if x != base_levels[f]):
+                for lg in (x for x in sr.factors[g] if x != base_levels[g]):
+                    w = _interaction_weights(arms, f, lf, base_levels[f], g, lg, base_levels[g])
+                    specs.append(("interaction", f"{f}={lf} x {g}={lg}", "additive", w))
+
+    contrasts: list[Contrast | None] = []
+    for _, _, _, w in specs:
+        contrasts.append(stats.contrast(series, w) if all(a in series for a in w) else None)
+    p_raw = np.array([c.p if c is not None else math.nan for c in contrasts])
+    p_holm = stats.holm(p_raw)
+    m = int(np.sum(~np.isnan(p_raw)))
+    power_alpha = alpha / max(m, 1)  # Bonferroni bound on Holm's strictest threshold
+    maximize = sr.direction == "maximize"
     rows = []
-    for arm in order:
-        v = series[arm]
-        lo, hi = _ci(v.to_numpy())
+    for (kind, label, vs, w), c, ph in zip(specs, contrasts, p_holm, strict=True):
+        row: dict = {"kind": kind, "effect": label, "vs": vs}
+        if c is None:
+            missing = ", ".join(a for a in w if a not in series)
+            rows.append({**row, "verdict": f"not possible: no runs of {missing}"})
+            continue
+        target, target_from = _target(effect, w, claim_weights, c)
+        need = stats.seeds_needed(target, c.sd, power_alpha, POWER, c.paired, c.weight_ss)
+        if kind == "interaction":
+            v = _interaction_verdict(c, ph, alpha)
+        else:
+            v = stats.verdict(c, ph, alpha, maximize)
+        rows.append(
+            {
+                **row,
+                "n": c.n,
+                "estimate": c.estimate,
+                "ci_low": c.ci_low,
+                "ci_high": c.ci_high,
+                "test": c.test,
+                "p": c.p,
+                "p_holm": ph,
+                "check": c.check,
+                "p_check": c.p_check,
+                "effect_size_kind": c.effect_size_kind,
+                "effect_size": c.effect_size,
+                "sd": c.sd,
+                "target": target,
+                "target_from": target_from,
+                "power_alpha": power_alpha,
+                "seeds_needed": max(need, MIN_SEEDS) if need is not None else None,
+                "verdict": v,
+            }
+        )
+    effects = pd.DataFrame(rows, columns=_EFFECT_COLUMNS)
+
+    failed = _failed_cells(sr)
+    arm_rows = []
+    by_arm = effects[effects["kind"] == "arm"].set_index("effect")
+    for arm, levels in arms:
+        s = stats.summarize(series.get(arm, pd.Series(dtype=float)))
         row = {
             "arm": arm,
-            **dict(zip(factors, [x.split("=", 1)[1] for x in arm.split(" ")], strict=True)),
-            "n": len(v),
-            "mean": v.mean(),
-            "std": v.std(ddof=1) if len(v) > 1 else math.nan,
-            "ci_low": lo,
-            "ci_high": hi,
+            **levels,
+            "n": s.n,
+            "mean": s.mean,
+            "std": s.std,
+            "ci_low": s.ci_low,
+            "ci_high": s.ci_high,
         }
-        if arm == base_arm or base_arm not in series:
-            row.update(
-                diff=math.nan,
-                diff_low=math.nan,
-                diff_high=math.nan,
-                p=math.nan,
-                test="",
-                verdict="baseline" if arm == base_arm else "no baseline runs",
-            )
-        else:
-            row.update(compare(v, series[base_arm]))
-            row["verdict"] = _verdict(row, min(len(v), len(series[base_arm])), alpha, sr.direction == "maximize")
-        rows.append(row)
-    return pd.DataFrame(rows)
+        if arm == base_arm:
+            row.update(dict.fromkeys(_ARM_EFFECT, math.nan), test="", verdict="baseline")
+        elif arm in by_arm.index:
+            e = by_arm.loc[arm]
+            row.update({k: e[src] for k, src in _ARM_EFFECT.items()}, test=e["test"], verdict=e["verdict"])
+        row.update(median=s.median, failed=failed.get(arm, 0))
+        arm_rows.append(row)
+    cols = ["arm", *sr.factors, "n", "mean", "std", "ci_low", "ci_high", *_ARM_EFFECT, "test", "verdict"]
+    arm_df = pd.DataFrame(arm_rows).reindex(columns=[*cols, "median", "failed"])
+    arm_df = arm_df[arm_df["n"].gt(0) | arm_df["failed"].gt(0)].reset_index(drop=True)
+    arm_df["test"] = arm_df["test"].fillna("")
+    claims = _claims_table(sr, arms, alpha, effect)
+    return Report(sr, alpha, effect, scale, unit, base_arm, arm_df, effects, claims)
 
 
-def _arm_order(factors: dict[str, list[str]]) -> list[str]:
-    import itertools
+_EFFECT_COLUMNS = [
+    "kind",
+    "effect",
+    "vs",
+    "n",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "test",
+    "p",
+    "p_holm",
+    "check",
+    "p_check",
+    "effect_size_kind",
+    "effect_size",
+    "sd",
+    "target",
+    "target_from",
+    "power_alpha",
+    "seeds_needed",
+    "verdict",
+]
+_ARM_EFFECT = {
+    "diff": "estimate",
+    "diff_low": "ci_low",
+    "diff_high": "ci_high",
+    "p": "p",
+    "p_holm": "p_holm",
+    "p_check": "p_check",
+    "effect_size": "effect_size",
+    "seeds_needed": "seeds_needed",
+}
 
-    names = list(factors)
+
+def arm_table(sr: StudyRuns, alpha: float | None = None) -> pd.DataFrame:
+    """The arm table of :func:`build_report` (one row per arm, difference to the baseline included).
+
+    Raises:
+        ReportError: there are no finished runs.
+    """
+    return build_report(sr, alpha).arms
+
+
+def _labels(levels: dict) -> dict[str, str]:
+    return {f: level_label(v) for f, v in levels.items()}
+
+
+def _levels(arms, arm: str) -> dict[str, str]:
+    return next(lv for a, lv in arms if a == arm)
+
+
+def _target(effect: float | None, w: dict, claim_weights: list, c: Contrast) -> tuple[float, str]:
+    if effect is not None:
+        return abs(effect), "given"
+    for cw, size in claim_weights:
+        if size is not None and _same_contrast(w, cw):
+            return float(size), "claim"
+    return abs(c.estimate), "observed"
+
+
+def _interaction_verdict(c: Contrast, p_adjusted: float, alpha: float) -> str:
+    if c.n < MIN_SEEDS:
+        return f"not possible: < {MIN_SEEDS} seeds"
+    if not p_adjusted < alpha:
+        return "no detectable interaction"
+    return "positive interaction" if c.estimate > 0 else "negative interaction"
+
+
+def _failed_cells(sr: StudyRuns) -> dict[str, int]:
+    """Per arm, the seeds whose runs failed or were killed and that have no finished run."""
+    if sr.failures.empty:
+        return {}
+    done = set(zip(sr.runs["arm"], sr.runs["seed"], strict=True))
+    lost = {(a, s) for a, s in zip(sr.failures["arm"], sr.failures["seed"], strict=True) if (a, s) not in done}
+    out: dict[str, int] = {}
+    for a, _ in lost:
+        out[a] = out.get(a, 0) + 1
+    return out
+
+
+def _claims_table(sr: StudyRuns, arms, alpha: float, effect: float | None) -> pd.DataFrame:
+    rows = []
+    level = 1 - alpha
+    for claim in sr.claims:
+        metric = claim.get("metric") or sr.metric
+        scale = 100.0 if _is_accuracy(metric) else 1.0
+        treat, control = _labels(claim["treatment"]), _labels(claim["control"])
+        w = _weights(arms, treat, control)
+        series = _series(sr, metric, scale)
+        row = {
+            "claim": claim["text"],
+            "source": claim["source"],
+            "metric": metric,
+            "treatment": _arm_label(treat),
+            "control": _arm_label(control),
+            "direction": claim["direction"],
+            "min_effect": claim.get("min_effect"),
+        }
+        if not w or not all(a in series for a in w):
+            rows.append({**row, "verdict": "inconclusive: no runs of the treatment or control arms"})
+            continue
+        c = stats.contrast(series, w, level)
+        target = claim.get("min_effect") or (abs(effect) if effect is not None else abs(c.estimate))
+        need = stats.seeds_needed(target, c.sd, alpha, POWER, c.paired, c.weight_ss)
+        need = max(need, MIN_SEEDS) if need is not None else None
+        v = stats.judge_claim(c, claim["direction"], claim.get("min_effect"))
+        if v.startswith("inconclusive"):
+            n = [len(series[a]) for a in w]
+            seeds = f"{min(n)}" if min(n) == max(n) else f"{min(n)}-{max(n)}"
+            few = f"; fewer than {MIN_SEEDS} give no verdict" if c.n < MIN_SEEDS else ""
+            v = f"inconclusive at this budget (profile {sr.profile}, {seeds} seeds per arm{few})"
+            if need is not None:
+                v += f"; {need} seeds per arm would detect {target:.2f}{_du(scale)} with {POWER:.0%} power"
+        rows.append(
+            {
+                **row,
+                "n": c.n,
+                "estimate": c.estimate,
+                "ci_low": c.ci_low,
+                "ci_high": c.ci_high,
+                "level": level,
+                "test": c.test,
+                "p": c.p,
+                "target": target,
+                "seeds_needed": need,
+                "verdict": v,
+            }
+        )
+    cols = ["claim", "source", "metric", "treatment", "control", "direction", "min_effect", "n", "estimate"]
+    cols += ["ci_low", "ci_high", "level", "test", "p", "target", "seeds_needed", "verdict"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _arm_label(levels: dict[str, str]) -> str:
+    return " ".join(f"{f}={v}" for f, v in levels.items())
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if _is_accuracy(metric) else 1.0
+
+
+def _du(scale: float) -> str:
+    return " pp" if scale == 100.0 else ""
+
+
+# --------------------------------------------------------------------------------------------- rendering
+
+
+def _f(x, digits: int = 2, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _p(p) -> str:
+    if p is None or p != p:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _iv(lo, hi, sign: bool = False) -> str:
+    return "-" if lo is None or lo != lo else f"[{_f(lo, 2, sign)}, {_f(hi, 2, sign)}]"
+
+
+def _need(row) -> str:
+    n = row.get("seeds_needed")
+    if n is None or n != n:
+        return "-"
+    return f"{int(n)} for {row['target']:.2f}{row.get('_du', '')} ({row['target_from']})"
+
+
+_DECIDED = ("better", "worse", "positive interaction", "negative interaction")
+
+
+def _code(s: str, md: bool) -> str:
+    return f"`{s}`" if md and s else s
+
+
+def _display(r: Report, md: bool = False, term: bool = False) -> dict[str, pd.DataFrame]:
+    """The three tables as strings, the way a person reads them."""
+    unit = f" ({r.unit})" if r.unit else ""
+    du = f" ({r.diff_unit})" if r.diff_unit else ""
+    a = r.arms
+    arms = pd.DataFrame(
+        {
+            **{f: a[f] for f in r.runs.factors},
+            "runs": a["n"],
+            "failed": a["failed"],
+            f"{r.runs.metric}{unit}": [
+                f"{m:.2f} ± {s:.2f}" if s == s else _f(m) for m, s in zip(a["mean"], a["std"], strict=True)
+            ],
+            "95% CI (t)": [_iv(lo, hi) for lo, hi in zip(a["ci_low"], a["ci_high"], strict=True)],
+            "median": [_f(x) for x in a["median"]],
+        }
+    )
+    e = r.effects
+    sep = "\n" if term else " "
+    effects = pd.DataFrame(
+        {
+            "effect": [_code(x, md) for x in e["effect"]],
+            "kind": e["kind"],
+            "n": [str(int(n)) if n == n else "-" for n in e["n"]],
+            f"difference{du}{sep}[95% CI]": [
+                f"{_f(x, 2, True)} {_iv(lo, hi, True)}" if x == x else "-"
+                for x, lo, hi in zip(e["estimate"], e["ci_low"], e["ci_high"], strict=True)
+            ],
+            "test": e["test"].fillna("-"),
+            "p": [_p(x) for x in e["p"]],
+            "p Holm": [_p(x) for x in e["p_holm"]],
+            "rank p": [_p(x) for x in e["p_check"]],
+            "effect size": [
+                f"{k} {x:+.2f}" if x == x else "-" for k, x in zip(e["effect_size_kind"], e["effect_size"], strict=True)
+            ],
+        }
+    )
+    rows = e.assign(_du=f" {r.diff_unit}" if r.diff_unit else "").to_dict("records")
+    verdicts = pd.DataFrame(
+        {
+            "effect": [_code(x, md) for x in e["effect"]],
+            f"verdict at alpha {r.alpha:g}": e["verdict"],
+            f"seeds per arm for {POWER:.0%} power": [_need(x) if x["verdict"] not in _DECIDED else "-" for x in rows],
+        }
+    )
+    c = r.claims
+    claims = pd.DataFrame(
+        {
+            "claim": c["claim"],
+            "source": c["source"],
+            "claimed": [
+                f"{_code(t, md)}{sep}vs {_code(k, md)}{sep if term else ': '}{d}"
+                + (f" >= {m:g}{_du(_scale(met))}" if m is not None and m == m else "")
+                for t, k, d, m, met in zip(
+                    c["treatment"], c["control"], c["direction"], c["min_effect"], c["metric"], strict=True
+                )
+            ],
+            f"measured{du}{sep}[{1 - r.alpha:.0%} CI]": [
+                f"{_f(x, 2, True)}{sep}{_iv(lo, hi, True)}" if x == x else "-"
+                for x, lo, hi in zip(c["estimate"], c["ci_low"], c["ci_high"], strict=True)
+            ],
+            "verdict": c["verdict"],
+        }
+    )
+    return {"arms": arms, "effects": effects, "verdicts": verdicts, "claims": claims}
+
+
+def _head(r: Report) -> list[str]:
+    sr = r.runs
+    better = "higher" if sr.direction == "maximize" else "lower"
+    unit = f" in {r.unit}" if r.unit else ""
+    pp = "; differences in percent points (pp)" if r.diff_unit else ""
+    fails = f"; {sr.failed} failed or killed run(s) not counted" if sr.failed else ""
     return [
-        " ".join(f"{n}={lv}" for n, lv in zip(names, combo, strict=True))
-        for combo in itertools.product(*(factors[n] for n in names))
+        f"study {sr.study} (parent run {sr.parent_run_id}): {sr.metric}{unit}, {better} is better{pp}{fails}",
+        f"budget: {r.budget}",
+        f"baseline arm: {r.baseline}; alpha {r.alpha:g}",
     ]
 
 
-def format_table(sr: StudyRuns, table: pd.DataFrame, fmt: str = "table") -> str:
-    """Render the arm table as ``table`` (terminal), ``csv`` or ``markdown``."""
+def _methods(r: Report) -> str:
+    tested = int(r.effects["p"].notna().sum())
+    return (
+        "difference: arm minus baseline, paired by seed (paired t test; Welch t when the arms do not share seeds), "
+        f"95% CI (t); p Holm-adjusted over the {tested} comparison(s) of the study; rank p: Wilcoxon signed-rank "
+        "(Mann-Whitney U when unpaired), as a check; effect size: Cohen's d_z (paired) or d. Seeds per arm: for "
+        f"{POWER:.0%} power of the two-sided t test at alpha {r.alpha:g}/{max(tested, 1)}, to detect the claimed "
+        "size, the --effect size or else the observed difference."
+    )
+
+
+def render(r: Report, fmt: str = "table") -> str:
+    """The report as text.
+
+    Args:
+        r: the report.
+        fmt: ``table`` (terminal, at most 100 columns), ``csv`` (the arm, effect
+            and claim tables, separated by a blank line), ``markdown``, ``latex``,
+            ``html`` or ``json`` (every number of every table, plus the settings).
+
+    Returns:
+        The text.
+
+    Raises:
+        ValueError: unknown ``fmt``.
+    """
+    if fmt == "table":
+        return _terminal(r)
     if fmt == "csv":
-        return table.to_csv(index=False)
-    unit = " (%)" if sr.metric.endswith(("acc", "top3")) else ""
-    show = pd.DataFrame(
+        return "\n".join(t.to_csv(index=False) for t in _raw_tables(r).values() if not t.empty)
+    if fmt == "json":
+        return json.dumps(to_json(r), indent=2, allow_nan=False) + "\n"
+    if fmt == "markdown":
+        return _markdown(r)
+    if fmt == "latex":
+        return _latex(r)
+    if fmt == "html":
+        return _html(r)
+    raise ValueError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def write_report(r: Report, fmt: str, path: Path) -> list[Path]:
+    """Write the report to ``path``; CSV writes one file per table.
+
+    For ``csv``, ``path`` gets the arm table and ``<stem>.effects.csv`` and
+    ``<stem>.claims.csv`` beside it get the others (when not empty).
+
+    Returns:
+        The files written.
+
+    Raises:
+        OSError: a file cannot be written.
+    """
+    path = Path(path)
+    if fmt != "csv":
+        path.write_text(render(r, fmt))
+        return [path]
+    out = []
+    for name, table in _raw_tables(r).items():
+        if table.empty and name != "arms":
+            continue
+        p = path if name == "arms" else path.with_name(f"{path.stem}.{name}{path.suffix or '.csv'}")
+        p.write_text(table.to_csv(index=False))
+        out.append(p)
+    return out
+
+
+def _raw_tables(r: Report) -> dict[str, pd.DataFrame]:
+    return {"arms": r.arms, "effects": r.effects, "claims": r.claims}
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def to_json(r: Report) -> dict:
+    """Every number of the report's tables and the settings they were computed with, JSON-ready (NaN -> null)."""
+    sr = r.runs
+    return _clean(
         {
-            **{f: table[f] for f in sr.factors},
-            "n": table["n"],
-            f"{sr.metric}{unit}": [
-                f"{m:.2f} ± {s:.2f}" if s == s else f"{m:.2f}" for m, s in zip(table["mean"], table["std"], strict=True)
-            ],
-            "95% CI": [_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)],
-            "effect vs baseline": [
-                f"{d:+.2f} {_interval(lo, hi)}" if d == d else "-"
-                for d, lo, hi in zip(table["diff"], table["diff_low"], table["diff_high"], strict=True)
-            ],
-            "p": [f"{p:.3f}" if p == p else "-" for p in table["p"]],
-            "verdict": table["verdict"],
+            "study": sr.study,
+            "profile": sr.profile,
+            "parent_run_id": sr.parent_run_id,
+            "tracking_uri": sr.tracking_uri,
+            "metric": sr.metric,
+            "direction": sr.direction,
+            "unit": r.unit,
+            "difference_unit": r.diff_unit,
+            "scale": r.scale,
+            "alpha": r.alpha,
+            "confidence_level": 0.95,
+            "power": POWER,
+            "effect_given": r.effect,
+            "factors": sr.factors,
+            "baseline": r.baseline,
+            "budget": sr.budget,
+            "failed_runs": sr.failed,
+            "methods": {
+                "arm_interval": "Student t interval of the mean over seeds",
+                "comparison": "paired t test on per-seed contrasts when the arms share >= 2 seeds, else Welch t",
+                "rank_check": "Wilcoxon signed-rank (paired) or Mann-Whitney U (two independent arms)",
+                "multiplicity": "Holm (1979) over all comparisons in effects",
+                "effect_size": "Cohen's d_z (paired) or Cohen's d (pooled SD)",
+                "seeds_needed": "two-sided t test, 80% power, alpha / number of comparisons (noncentral t, scipy)",
+                "claims": "interval at 1 - alpha, no multiplicity correction",
+            },
+            "runs": sr.runs.reindex(columns=["arm", "seed", "run_id", sr.metric]).to_dict("records"),
+            "arms": r.arms.to_dict("records"),
+            "effects": r.effects.to_dict("records"),
+            "claims": r.claims.to_dict("records"),
         }
     )
-    head = (
-        f"study {sr.study} (profile {sr.profile}, parent run {sr.parent_run_id}): {sr.metric}, "
-        f"mean ± std over seeds; effect = difference to the baseline arm, 95% CI"
-        f"{f'; {sr.failed} failed run(s) not counted' if sr.failed else ''}"
+
+
+def _terminal(r: Report) -> str:
+    from tabulate import tabulate
+
+    d = _display(r, term=True)
+    out = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _head(r)]
+
+    def table(df: pd.DataFrame, fmt: str = "simple", widths=None) -> str:
+        align = ["right" if c in _RIGHT or c.startswith(_RIGHT_PREFIX) else "left" for c in df.columns]
+        return tabulate(
+            df.to_dict("list"),
+            headers="keys",
+            tablefmt=fmt,
+            maxcolwidths=widths,
+            disable_numparse=True,
+            colalign=align,
+        )
+
+    out += ["", "arms", table(d["arms"])]
+    if not r.effects.empty:
+        eff = d["effects"]
+        if len(set(r.effects["test"].dropna())) <= 1:
+            eff = eff.drop(columns=["test"])
+        for kind, title in _KINDS.items():
+            rows = eff[eff["kind"] == kind].drop(columns=["kind"])
+            if not rows.empty:
+                out += ["", title, table(rows, widths=[30] + [None] * (rows.shape[1] - 1))]
+        out += ["", "verdicts", table(d["verdicts"], widths=[30, 26, 36])]
+        out += ["", textwrap.fill(_methods(r), WIDTH)]
+    if not r.claims.empty:
+        out += ["", f"claims (interval at {1 - r.alpha:.0%}, not corrected for multiplicity)"]
+        out += [table(d["claims"], "simple_grid", [20, 10, 18, 15, 19])]
+    return "\n".join(out) + "\n"
+
+
+_KINDS = {
+    "arm": "effect vs baseline: each arm minus the baseline arm",
+    "main": "main effects: a level minus the baseline level, averaged over the other factors",
+    "interaction": "interactions: (a x b) - a - b + baseline, averaged over the other factors (0 = additive)",
+}
+_RIGHT = {"runs", "failed", "median", "n", "p", "p Holm", "rank p", "effect size", "95% CI (t)"}
+_RIGHT_PREFIX = ("difference", "test_", "val_", "train_")
+
+
+def _markdown(r: Report) -> str:
+    d = _display(r, md=True)
+    parts = ["\n".join(_head(r)).replace("\n", "  \n"), "### Arms", d["arms"].to_markdown(index=False)]
+    if not r.effects.empty:
+        eff = d["effects"].merge(d["verdicts"], on="effect")
+        parts += ["### Effects", eff.to_markdown(index=False), _methods(r)]
+    if not r.claims.empty:
+        parts += ["### Claims", d["claims"].to_markdown(index=False)]
+    return "\n\n".join(parts) + "\n"
+
+
+def _latex(r: Report) -> str:
+    d = _display(r)
+    parts = ["% " + line for line in _head(r)]
+    if not r.effects.empty:
+        parts += ["% " + line for line in textwrap.wrap(_methods(r), WIDTH)]
+    eff = d["effects"].merge(d["verdicts"], on="effect") if not r.effects.empty else None
+    for name, df in (("arms", d["arms"]), ("effects", eff), ("claims", d["claims"] if not r.claims.empty else None)):
+        if df is None:
+            continue
+        parts.append(df.to_latex(index=False, escape=True, caption=f"{r.runs.study}: {name}", label=f"tab:{name}"))
+    return "\n".join(parts)
+
+
+def _html(r: Report) -> str:
+    import html
+
+    d = _display(r)
+    body = [f"<h1>ablate report: {html.escape(r.runs.study)}</h1>"]
+    body += [f"<p>{html.escape(line)}</p>" for line in _head(r)]
+    body += ["<h2>Arms</h2>", d["arms"].to_html(index=False)]
+    if not r.effects.empty:
+        body += ["<h2>Effects</h2>", d["effects"].merge(d["verdicts"], on="effect").to_html(index=False)]
+        body += [f"<p>{html.escape(_methods(r))}</p>"]
+    if not r.claims.empty:
+        body += ["<h2>Claims</h2>", d["claims"].to_html(index=False)]
+    style = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{padding:2px 8px;border:1px solid #ccc}"
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(r.runs.study)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-    if fmt == "markdown":
-        return head + "\n\n" + show.to_markdown(index=False) + "\n"
-    return head + "\n" + show.to_string(index=False) + "\n"
 
 
-def _interval(lo: float, hi: float) -> str:
-    return f"[{lo:.2f}, {hi:.2f}]" if lo == lo else "-"
+# --------------------------------------------------------------------------------------------- plots
+
+
+def write_plots(r: Report, folder: Path, log: bool = True) -> list[Path]:
+    """Draw the report's figures into ``folder`` and log them to the study's parent run.
+
+    Figures: ``effects.png`` (arm means with 95% CIs, differences to the
+    baseline), ``learning_curves.png`` (mean over seeds with a band, from the
+    runs' metric histories) and, when the runs log ``test_acc_class_<class>``,
+    ``per_class.png``. Logged under ``report/`` of the parent run.
+
+    Args:
+        r: the report.
+        folder: where the PNGs go (created).
+        log: also log them to the parent run in MLflow.
+
+    Returns:
+        The files written.
+
+    Raises:
+        OSError: the folder or a file cannot be written.
+    """
+    from ablations import plots
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    label = f"{r.runs.metric}{f' ({r.unit})' if r.unit else ''}"
+    title = f"{r.runs.study}: {r.budget}"
+    figures = {"effects": plots.effect_plot(r.arms, r.baseline, label, title)}
+    hist = load_histories(r.runs)
+    if not hist.empty:
+        figures["learning_curves"] = plots.arm_learning_curves(hist, list(r.arms["arm"]), title)
+    if plots.per_class_columns(r.runs.runs):
+        figures["per_class"] = plots.per_class_difference(r.runs.runs, r.baseline, title=title)
+    tracker = Tracker(r.runs.tracking_uri) if log else None
+    out = []
+    for name, fig in figures.items():
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=120)
+        out.append(path)
+        if tracker is not None:
+            tracker.log_figure(r.runs.parent_run_id, fig, f"report/{name}.png")
+    return out

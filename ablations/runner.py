@@ -163,6 +163,9 @@ def run_study(
             "factors": study.factors,
             "seeds": study.seeds,
             "metric": study.metric.model_dump(),
+            "alpha": study.alpha,
+            "baseline": study.baseline,
+            "claims": [c.model_dump() for c in study.claims],
         },
     )
     by_key = {c.key: c for c in study.cells()}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ from ablations.factors import FACTORS, factor_overrides, level_label
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash
 from core.models import resolve_model_config
 
-__all__ = ["Cell", "Study", "StudyError", "load_study"]
+__all__ = ["Cell", "Claim", "Study", "StudyError", "load_study"]
 
 METRICS = ("test_acc", "test_top3", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -71,6 +71,24 @@ class MetricSpec(BaseModel):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+class Claim(BaseModel):
+    """A claim from the literature that the study tests: "treatment changes metric in direction".
+
+    ``treatment`` and ``control`` name levels of the same factors of the study
+    (factors left out are averaged over); ``min_effect`` is the claimed size in
+    the report's unit (percent points for accuracies), e.g. 1.4 for "+1.4%".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str
+    text: str
+    treatment: dict[str, Any] = Field(min_length=1)
+    control: dict[str, Any] = Field(min_length=1)
+    metric: Literal[METRICS] | None = None  # type: ignore[valid-type]  # None: the study's metric
+    direction: Literal["increase", "decrease"]
+    min_effect: float | None = Field(default=None, gt=0)
+
+
 class _StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=_NAME)
@@ -80,6 +98,9 @@ class _StudyFile(BaseModel):
     seeds: list[int] = Field(min_length=1)
     metric: MetricSpec = MetricSpec()
     profiles: dict[str, dict[str, Any]] = {}
+    claims: list[Claim] = []
+    baseline: dict[str, Any] = {}  # factor -> level; factors not named keep their first level
+    alpha: float = Field(default=0.05, gt=0, lt=1)
 
 
 @dataclass(frozen=True)
@@ -117,6 +138,9 @@ class Study:
         profile: the profile in use (``"base"`` when the file has none).
         overrides: base + profile + ``--set`` overrides, merged in that order.
         config: the run config before factor levels and seed are applied.
+        claims: claims from the literature the report checks (``claims:``).
+        baseline: factor -> level label of the baseline arm (every factor named).
+        alpha: significance level of the report's verdicts.
     """
 
     path: Path
@@ -128,6 +152,9 @@ class Study:
     profile: str
     overrides: dict[str, Any]
     config: RunConfig
+    claims: tuple[Claim, ...] = ()
+    baseline: dict[str, str] = field(default_factory=dict)
+    alpha: float = 0.05
 
     @property
     def key(self) -> str:
@@ -260,8 +287,29 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         resolve_model_config(cfg.model)
     except ConfigError as exc:
         raise StudyError(path, "base", str(exc)) from None
+    labels = {f: [level_label(v) for v in fspec] for f, fspec in spec.factors.items()}
+    baseline = {f: levels[0] for f, levels in labels.items()}
+    baseline.update(_check_levels(path, "baseline", labels, spec.baseline))
+    for i, claim in enumerate(spec.claims):
+        treat = _check_levels(path, f"claims[{i}].treatment", labels, claim.treatment)
+        control = _check_levels(path, f"claims[{i}].control", labels, claim.control)
+        if set(treat) != set(control):
+            raise StudyError(path, f"claims[{i}]", "treatment and control must name the same factors")
+        if treat == control:
+            raise StudyError(path, f"claims[{i}]", "treatment and control are the same levels")
     study = Study(
-        path, spec.name, spec.question, dict(spec.factors), list(spec.seeds), spec.metric, profile, merged, cfg
+        path,
+        spec.name,
+        spec.question,
+        dict(spec.factors),
+        list(spec.seeds),
+        spec.metric,
+        profile,
+        merged,
+        cfg,
+        tuple(spec.claims),
+        baseline,
+        spec.alpha,
     )
     for cell in study.cells():  # every cell must build a valid config (e.g. model names)
         try:
@@ -271,6 +319,21 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     if len(set(spec.seeds)) != len(spec.seeds):
         raise StudyError(path, "seeds", f"seeds must be distinct, got {spec.seeds}")
     return study
+
+
+def _check_levels(path: Path, where: str, labels: dict[str, list[str]], levels: dict[str, Any]) -> dict[str, str]:
+    """``{factor: level}`` with every factor a study factor and every level one of its levels -> labels."""
+    out = {}
+    for name, level in levels.items():
+        if name not in labels:
+            raise StudyError(path, f"{where}.{name}", f"not a factor of this study; factors: {', '.join(labels)}")
+        label = level_label(level)
+        if label not in labels[name]:
+            raise StudyError(
+                path, f"{where}.{name}", f"'{label}' is not a level of {name}; levels: {', '.join(labels[name])}"
+            )
+        out[name] = label
+    return out
 
 
 def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -60,6 +60,7 @@ class Tracker:
     """
 
     def __init__(self, tracking_uri: str | None = None) -> None:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the terminal for ours
         from mlflow import MlflowClient  # slow import: only when tracking
 
         # MLflow and alembic log at INFO when they create tables; keep the terminal for progress.

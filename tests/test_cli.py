@@ -90,6 +90,19 @@ def test_run_then_report_then_nothing_to_do(workdir, real_archive):
     assert csv.exit_code == 0, csv.output
     lines = (workdir / "table.csv").read_text().splitlines()
     assert lines[0].startswith("arm,batchnorm,n,mean,std,ci_low,ci_high,diff") and len(lines) == 3
+    # evaluate and predict use a finished run's checkpoint and config
+    ev = runner.invoke(main, ["evaluate", run.info.run_id, "--output", "eval"])
+    assert ev.exit_code == 0, ev.output
+    assert "top-1" in ev.output and "truck" in ev.output and (workdir / "eval" / "confusion_matrix.png").exists()
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/misclassified.png"} <= logged
+    from PIL import Image
+
+    Image.new("RGB", (120, 80), (200, 30, 30)).save(workdir / "red.png")
+    pred = runner.invoke(main, ["predict", "red.png", "--run", run.info.run_id, "--top-k", "3"])
+    assert pred.exit_code == 0, pred.output
+    assert pred.output.startswith("red.png: ") and "  3. " in pred.output
+
     md = runner.invoke(main, ["report", "batchnorm", "--format", "markdown"])
     assert md.output.count("| batchnorm") == 1 and "|---" in md.output.replace(":", "-")
 

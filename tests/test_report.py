@@ -1,41 +1,60 @@
+"""The report: tables from constructed studies whose true effects are known, claims, formats, and a round trip
+through a real (temporary) MLflow store."""
+
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.report import ReportError, StudyRuns, arm_table, compare, format_table
+from ablations.report import (
+    ReportError,
+    StudyRuns,
+    arm_table,
+    build_report,
+    load_histories,
+    load_runs,
+    render,
+    write_plots,
+    write_report,
+)
+
+BN_CLAIM = {
+    "source": "seed 000 README",
+    "text": "BatchNorm improved accuracy by ~1.4%",
+    "treatment": {"batchnorm": True},
+    "control": {"batchnorm": False},
+    "metric": "test_acc",
+    "direction": "increase",
+    "min_effect": 1.4,
+}
 
 
-def runs(values: dict[str, list[float]], seeds=None, metric="test_acc") -> StudyRuns:
+def runs(values: dict[str, list[float]], seeds=None, metric="test_acc", **kw) -> StudyRuns:
+    """A one-factor (batchnorm) study: level -> metric values (fractions for accuracies), one per seed."""
     rows = []
     for level, vals in values.items():
         for i, v in enumerate(vals):
-            rows.append({"arm": f"batchnorm={level}", "seed": (seeds or range(len(vals)))[i], metric: v})
-    return StudyRuns("bn", "smoke", "parent", {"batchnorm": list(values)}, metric, "maximize", pd.DataFrame(rows), 0)
+            seed = (seeds[level] if isinstance(seeds, dict) else seeds or range(len(vals)))[i]
+            rows.append({"arm": f"batchnorm={level}", "seed": seed, "batchnorm": level, metric: v})
+    return StudyRuns(
+        "bn", "smoke", "parent", {"batchnorm": list(values)}, metric, "maximize", pd.DataFrame(rows), 0, **kw
+    )
 
 
-def test_paired_difference_matches_hand_computation():
-    # differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3); t(0.975, 2) = 4.302653
-    base = pd.Series([50.0, 60.0, 70.0], index=[0, 1, 2])
-    treat = pd.Series([51.0, 62.0, 73.0], index=[0, 1, 2])
-    out = compare(treat, base)
-    half = 4.302653 / math.sqrt(3)
-    assert out["test"] == "paired t"
-    assert out["diff"] == pytest.approx(2.0)
-    assert out["diff_low"] == pytest.approx(2 - half, abs=1e-5)
-    assert out["diff_high"] == pytest.approx(2 + half, abs=1e-5)
-    # t = 2 / (1/sqrt(3)) = 3.4641 with 2 df: two-sided p = 0.07418
-    assert out["p"] == pytest.approx(0.07418, abs=1e-4)
-
-
-def test_unpaired_seeds_use_welch():
-    base = pd.Series([1.0, 2.0, 3.0], index=[0, 1, 2])
-    treat = pd.Series([4.0, 5.0, 6.0], index=[10, 11, 12])
-    out = compare(treat, base)
-    assert out["test"] == "Welch t" and out["diff"] == pytest.approx(3.0)
-    # equal variances (1) and n: t = 3 / sqrt(2/3) = 3.674, df = 4: p = 0.02131
-    assert out["p"] == pytest.approx(0.02131, abs=1e-4)
+def grid(effects: dict[tuple[str, str], float], seeds: int = 8, noise: float = 0.3, seed: int = 0) -> StudyRuns:
+    """A 2x2 study (bn: on/off, drop: none/fc) with known cell means (percent) and shared seed effects."""
+    rng = np.random.default_rng(seed)
+    block = rng.normal(0, 1.5, size=seeds)
+    rows = []
+    for (bn, drop), mean in effects.items():
+        for s in range(seeds):
+            value = (mean + block[s] + rng.normal(0, noise)) / 100
+            rows.append({"arm": f"bn={bn} drop={drop}", "seed": s, "bn": bn, "drop": drop, "test_acc": value})
+    factors = {"bn": ["on", "off"], "drop": ["none", "fc"]}
+    return StudyRuns("g", "quick", "parent", factors, "test_acc", "maximize", pd.DataFrame(rows), 0)
 
 
 def test_known_true_effect_is_found_and_null_is_not():
@@ -46,9 +65,35 @@ def test_known_true_effect_is_found_and_null_is_not():
     table = arm_table(runs({"true": list(base / 100), "false": list((base + 2.0 + noise) / 100)}, seeds))
     row = table.set_index("batchnorm").loc["false"]
     assert row["diff_low"] < 2.0 < row["diff_high"]  # interval covers the true +2 points
-    assert row["verdict"] == "better"
+    assert row["verdict"] == "better" and row["test"] == "paired t"
     null = arm_table(runs({"true": list(base / 100), "false": list((base + noise) / 100)}, seeds))
     assert null.set_index("batchnorm").loc["false", "verdict"] == "no detectable difference"
+
+
+def test_paired_difference_in_percent_points_matches_hand_computation():
+    # differences 1, 2, 3 points: mean 2, sd 1, t(0.975, 2) = 4.302653; p = 0.07418
+    r = build_report(runs({"true": [0.50, 0.60, 0.70], "false": [0.51, 0.62, 0.73]}))
+    e = r.effects.iloc[0]
+    half = 4.302653 / math.sqrt(3)
+    assert (e["kind"], e["effect"], e["vs"], e["test"]) == ("arm", "batchnorm=false", "batchnorm=true", "paired t")
+    assert e["estimate"] == pytest.approx(2.0)
+    assert e["ci_low"] == pytest.approx(2 - half, abs=1e-4) and e["ci_high"] == pytest.approx(2 + half, abs=1e-4)
+    assert e["p"] == pytest.approx(0.07418, abs=1e-4) and e["p_holm"] == pytest.approx(e["p"])
+    assert e["effect_size_kind"] == "d_z" and e["effect_size"] == pytest.approx(2.0)
+    assert e["verdict"] == "no detectable difference"
+    assert e["target_from"] == "observed" and e["seeds_needed"] >= 3
+
+
+def test_unpaired_seeds_use_welch():
+    r = build_report(
+        runs(
+            {"true": [0.01, 0.02, 0.03], "false": [0.04, 0.05, 0.06]}, seeds={"true": [0, 1, 2], "false": [10, 11, 12]}
+        )
+    )
+    e = r.effects.iloc[0]
+    # equal variances (1) and n: t = 3 / sqrt(2/3) = 3.674, Welch df = 4: p = 0.02131
+    assert e["test"] == "Welch t" and e["estimate"] == pytest.approx(3.0) and e["p"] == pytest.approx(0.02131, abs=1e-4)
+    assert e["check"] == "Mann-Whitney" and e["effect_size_kind"] == "d"
 
 
 def test_worse_and_minimize_direction():
@@ -63,17 +108,363 @@ def test_fewer_than_three_seeds_gives_no_verdict():
     assert table.set_index("batchnorm").loc["false", "verdict"].startswith("not possible")
 
 
-def test_arm_ci_and_percent_scale():
-    table = arm_table(runs({"true": [0.50, 0.60, 0.70], "false": [0.5, 0.5, 0.5]}))
-    base = table.set_index("batchnorm").loc["true"]
-    assert base["mean"] == pytest.approx(60.0) and base["std"] == pytest.approx(10.0)
+def test_arm_table_ci_median_and_percent_scale():
+    r = build_report(runs({"true": [0.50, 0.60, 0.70], "false": [0.5, 0.5, 0.5]}))
+    base = r.arms.set_index("batchnorm").loc["true"]
+    assert base["mean"] == pytest.approx(60.0) and base["std"] == pytest.approx(10.0) and base["median"] == 60.0
     half = 4.302653 * 10 / math.sqrt(3)
-    assert base["ci_low"] == pytest.approx(60 - half, abs=1e-4)
-    text = format_table(runs({"true": [0.5, 0.6, 0.7], "false": [0.5, 0.5, 0.5]}), table)
-    assert "60.00 ± 10.00" in text and "baseline" in text
-    assert format_table(runs({"true": [0.5]}), arm_table(runs({"true": [0.5]})), "csv").startswith("arm,")
+    assert base["ci_low"] == pytest.approx(60 - half, abs=1e-4) and base["verdict"] == "baseline"
+    assert list(r.arms.columns[:8]) == ["arm", "batchnorm", "n", "mean", "std", "ci_low", "ci_high", "diff"]
+    text = render(r)
+    assert "60.00 ± 10.00" in text and "baseline" in text and "effect vs baseline" in text
+
+
+def test_loss_metric_is_not_scaled():
+    r = build_report(runs({"true": [1.0, 1.1, 1.2], "false": [1.3, 1.4, 1.5]}, metric="test_loss"))
+    assert r.unit == "" and r.arms["mean"].iloc[0] == pytest.approx(1.1)
+    assert "(pp)" not in render(r)
 
 
 def test_empty_study_is_an_error():
     with pytest.raises(ReportError, match="no finished runs"):
         arm_table(StudyRuns("bn", "smoke", "p", {"batchnorm": ["true"]}, "test_acc", "maximize", pd.DataFrame(), 0))
+
+
+def test_single_arm_has_no_effects():
+    r = build_report(runs({"true": [0.5]}))
+    assert r.effects.empty and len(r.arms) == 1
+    assert render(r, "csv").startswith("arm,")
+
+
+def test_named_baseline_and_failed_runs_per_arm():
+    failures = pd.DataFrame([{"arm": "batchnorm=true", "seed": 3, "status": "FAILED"}])
+    sr = runs({"true": [0.5, 0.6, 0.7], "false": [0.4, 0.5, 0.6]}, baseline={"batchnorm": "false"}, failures=failures)
+    sr.failed = 1
+    r = build_report(sr)
+    assert r.baseline == "batchnorm=false"
+    assert r.effects.iloc[0]["effect"] == "batchnorm=true" and r.effects.iloc[0]["estimate"] == pytest.approx(10.0)
+    arms = r.arms.set_index("batchnorm")
+    assert arms.loc["true", "failed"] == 1 and arms.loc["false", "failed"] == 0
+    assert "1 failed or killed run(s) not counted" in " ".join(render(r).split())
+
+
+def test_2x2_study_main_effects_and_interaction_with_known_answers():
+    # bn off costs 2 points with no dropout and 5 points with it: main effect of bn=off -3.5, interaction -3
+    sr = grid({("on", "none"): 70, ("on", "fc"): 71, ("off", "none"): 68, ("off", "fc"): 66})
+    r = build_report(sr)
+    e = r.effects.set_index("effect")
+    assert list(r.effects["kind"]) == ["arm"] * 3 + ["main"] * 2 + ["interaction"]
+    assert e.loc["bn=off", "estimate"] == pytest.approx(-3.5, abs=0.3) and e.loc["bn=off", "verdict"] == "worse"
+    assert e.loc["drop=fc", "estimate"] == pytest.approx(-0.5, abs=0.3)
+    inter = e.loc["bn=off x drop=fc"]
+    assert inter["ci_low"] < -3 < inter["ci_high"] and inter["verdict"] == "negative interaction"
+    # Holm over all 6 comparisons: the smallest p is multiplied by 6
+    p = r.effects["p"].to_numpy()
+    assert r.effects["p_holm"].min() == pytest.approx(min(1.0, 6 * p.min()))
+    assert r.effects["power_alpha"].iloc[0] == pytest.approx(0.05 / 6)
+    # the interaction contrast from the cell means by hand
+    means = r.arms.set_index("arm")["mean"]
+    by_hand = means["bn=off drop=fc"] - means["bn=off drop=none"] - means["bn=on drop=fc"] + means["bn=on drop=none"]
+    assert inter["estimate"] == pytest.approx(by_hand)
+    additive = build_report(grid({("on", "none"): 70, ("on", "fc"): 71, ("off", "none"): 68, ("off", "fc"): 69}))
+    assert additive.effects.set_index("effect").loc["bn=off x drop=fc", "verdict"] == "no detectable interaction"
+
+
+def test_terminal_report_fits_100_columns():
+    sr = grid({("on", "none"): 70, ("on", "fc"): 71, ("off", "none"): 68, ("off", "fc"): 66}, seeds=3)
+    sr.claims = [
+        {
+            "source": "a paper with a long name, 2019",
+            "text": "BatchNorm helps a lot, especially when there is no dropout in the fully connected layers " * 2,
+            "treatment": {"bn": "on"},
+            "control": {"bn": "off"},
+            "direction": "increase",
+            "min_effect": 1.0,
+        }
+    ]
+    text = render(build_report(sr))
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    for title in ("arms", "effect vs baseline", "main effects", "interactions", "verdicts", "claims"):
+        assert title in text
+    bn = render(build_report(runs({"true": [0.55, 0.57, 0.53], "false": [0.51, 0.52, 0.50]}, claims=[BN_CLAIM])))
+    assert max(len(line) for line in bn.splitlines()) <= 100, bn
+
+
+def test_claim_on_a_main_effect_and_its_verdicts():
+    sr = grid({("on", "none"): 72, ("on", "fc"): 73, ("off", "none"): 70, ("off", "fc"): 71}, seeds=10)
+    claim = {"source": "s", "text": "bn helps", "treatment": {"bn": "on"}, "control": {"bn": "off"}}
+    sr.claims = [
+        {**claim, "direction": "increase", "min_effect": 1.4},
+        {**claim, "direction": "decrease"},
+        {**claim, "direction": "increase", "min_effect": 5.0},
+    ]
+    c = build_report(sr).claims
+    assert c["estimate"].iloc[0] == pytest.approx(2.0, abs=0.3)  # averaged over the dropout levels
+    assert c["treatment"].iloc[0] == "bn=on" and c["control"].iloc[0] == "bn=off"
+    assert list(c["verdict"]) == ["supported", "contradicted: opposite effect", "contradicted: effect < 5"]
+
+
+def test_inconclusive_claim_names_the_budget_and_the_seeds_needed():
+    sr = runs({"true": [0.55, 0.60, 0.52], "false": [0.51, 0.55, 0.53]}, claims=[BN_CLAIM])
+    r = build_report(sr)
+    claim = r.claims.iloc[0]
+    assert claim["verdict"].startswith("inconclusive at this budget (profile smoke, 3 seeds per arm); ")
+    assert f"{claim['seeds_needed']} seeds per arm would detect 1.40 pp" in claim["verdict"]
+    # the effects table computes its seeds for the claimed size, since the claim is about the same comparison
+    e = r.effects.iloc[0]
+    assert e["target_from"] == "claim" and e["target"] == 1.4 and e["seeds_needed"] == claim["seeds_needed"]
+    given = build_report(sr, effect=3.0).effects.iloc[0]
+    assert given["target_from"] == "given" and given["seeds_needed"] < e["seeds_needed"]
+    assert (
+        build_report(runs({"true": [0.5, 0.6], "false": [0.4, 0.5]}, claims=[BN_CLAIM]))
+        .claims.iloc[0]["verdict"]
+        .startswith("inconclusive")
+    )
+
+
+def test_alpha_from_the_study_and_from_the_caller():
+    sr = runs({"true": [0.50, 0.60, 0.70], "false": [0.51, 0.62, 0.73]}, alpha=0.1)
+    assert build_report(sr).effects.iloc[0]["verdict"] == "better"  # p = 0.074 < 0.1
+    assert build_report(sr, alpha=0.05).effects.iloc[0]["verdict"] == "no detectable difference"
+    with pytest.raises(ValueError, match="alpha"):
+        build_report(sr, alpha=1.5)
+
+
+def test_formats_hold_the_same_numbers(tmp_path):
+    r = build_report(runs({"true": [0.55, 0.60, 0.52], "false": [0.51, 0.55, 0.53]}, claims=[BN_CLAIM]))
+    data = json.loads(render(r, "json"))
+    assert data["arms"][0]["mean"] == pytest.approx(r.arms["mean"][0])
+    assert data["effects"][0]["p_holm"] == pytest.approx(r.effects["p_holm"][0])
+    assert data["claims"][0]["ci_high"] == pytest.approx(r.claims["ci_high"][0])
+    assert data["arms"][0]["diff"] is None  # NaN -> null
+    assert {"alpha", "budget", "baseline", "methods", "parent_run_id"} <= set(data)
+    md = render(r, "markdown")
+    assert md.count("| batchnorm") == 1 and "### Claims" in md and "`batchnorm=false`" in md
+    assert "\\begin{tabular}" in render(r, "latex") and "test\\_acc" in render(r, "latex")
+    html = render(r, "html")
+    assert html.startswith("<!DOCTYPE html>") and html.count("<table") == 3
+    files = write_report(r, "csv", tmp_path / "t.csv")
+    assert [f.name for f in files] == ["t.csv", "t.effects.csv", "t.claims.csv"]
+    arms = pd.read_csv(files[0])
+    assert len(arms) == 2 and arms["mean"][0] == pytest.approx(r.arms["mean"][0])
+    assert pd.read_csv(files[1])["p"][0] == pytest.approx(r.effects["p"][0])
+    with pytest.raises(ValueError, match="unknown format"):
+        render(r, "xml")
+
+
+# ----------------------------------------------------------------------------- study files with claims
+
+
+STUDY = """\
+name: bn
+question: does it help?
+factors:
+  batchnorm: [true, false]
+seeds: [0, 1, 2]
+"""
+
+
+def test_study_file_claims_baseline_alpha(tmp_path):
+    from ablations.study import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        STUDY
+        + "alpha: 0.1\nbaseline: {batchnorm: false}\nclaims:\n"
+        + "  - {source: seed 000, text: helps, treatment: {batchnorm: true}, control: {batchnorm: false},"
+        + " direction: increase, min_effect: 1.4}\n"
+    )
+    study = load_study(path)
+    assert study.alpha == 0.1 and study.baseline == {"batchnorm": "false"}
+    assert study.claims[0].min_effect == 1.4 and study.claims[0].metric is None
+    plain = tmp_path / "p.yaml"
+    plain.write_text(STUDY)
+    assert load_study(plain).baseline == {"batchnorm": "true"} and load_study(plain).claims == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("baseline: {dropout: fc}", r"baseline.dropout: not a factor of this study; factors: batchnorm"),
+        ("baseline: {batchnorm: maybe}", r"baseline.batchnorm: 'maybe' is not a level of batchnorm; levels: true"),
+        ("alpha: 1.5", r"alpha: "),
+        (
+            "claims: [{source: s, text: t, treatment: {batchnorm: on}, control: {batchnorm: false}, "
+            "direction: increase}]",
+            r"claims\[0\].treatment.batchnorm: 'on' is not a level",
+        ),
+        (
+            "claims: [{source: s, text: t, treatment: {batchnorm: true}, control: {batchnorm: false}, direction: up}]",
+            r"claims.0.direction",
+        ),
+        (
+            "claims: [{source: s, text: t, treatment: {batchnorm: true}, control: {batchnorm: false}, "
+            "direction: increase, metric: accuracy}]",
+            r"claims.0.metric",
+        ),
+        (
+            "claims: [{source: s, text: t, treatment: {batchnorm: true}, control: {batchnorm: true}, "
+            "direction: increase}]",
+            r"claims\[0\]: treatment and control are the same levels",
+        ),
+    ],
+)
+def test_bad_claims_and_baselines_are_named(tmp_path, extra, message):
+    from ablations.study import StudyError, load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY + extra + "\n")
+    with pytest.raises(StudyError, match=message):
+        load_study(path)
+
+
+def test_batchnorm_study_carries_seed_000s_claim():
+    from ablations.study import load_study
+
+    study = load_study(Path(__file__).parents[1] / "studies" / "batchnorm.yaml")
+    (claim,) = study.claims
+    assert claim.treatment == {"batchnorm": True} and claim.control == {"batchnorm": False}
+    assert claim.direction == "increase" and claim.min_effect == 1.4 and "1.4%" in claim.text
+
+
+# ----------------------------------------------------------------------------- MLflow round trip
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A temporary MLflow store with one study as the runner logs it: parent tags and config.yaml, six finished
+    child runs with per-epoch histories and per-class accuracies, and one failed run."""
+    from ablations.tracking import TAG, Tracker
+
+    root = tmp_path_factory.mktemp("mlruns")
+    uri = f"sqlite:///{root}/mlflow.db"
+    t = Tracker(uri)
+    exp = t.experiment("bn")
+    parent = t.parent_run(exp, "bn:quick:abc", "bn (quick)", {f"{TAG}study": "bn", f"{TAG}profile": "quick"})
+    for key, value in {
+        "factors": '{"batchnorm": ["true", "false"]}',
+        "seeds": "[0, 1, 2]",
+        "metric": "test_acc",
+    }.items():
+        t.client.set_tag(parent, f"{TAG}{key}", value)
+    t.client.set_tag(parent, f"{TAG}direction", "maximize")
+    t.log_config(
+        parent,
+        {
+            "study": "bn",
+            "profile": "quick",
+            "overrides": {"train.epochs": 2, "data.train_subset": 800},
+            "alpha": 0.05,
+            "baseline": {"batchnorm": "true"},
+            "claims": [BN_CLAIM],
+        },
+    )
+    for level, acc in (("true", [0.60, 0.62, 0.58]), ("false", [0.57, 0.58, 0.57])):
+        for seed in range(3):
+            tags = {f"{TAG}arm": f"batchnorm={level}", f"{TAG}seed": str(seed)}
+            run = t.start_cell(exp, parent, f"batchnorm={level} seed={seed}", {"factor.batchnorm": level}, tags)
+            for epoch in (1, 2):
+                t.log_metrics(
+                    run,
+                    {
+                        "train_loss": 2 / epoch,
+                        "val_loss": 2.1 / epoch,
+                        "train_acc": 0.3 * epoch,
+                        "val_acc": 0.28 * epoch,
+                    },
+                    epoch,
+                )
+            per_class = {f"test_acc_class_{c}": acc[seed] + d for c, d in (("cat", -0.1), ("ship", 0.05))}
+            t.log_metrics(run, {"test_acc": acc[seed], **per_class}, 2)
+            t.end(run)
+    failed = t.start_cell(
+        exp,
+        parent,
+        "batchnorm=false seed=3",
+        {"factor.batchnorm": "false"},
+        {
+            f"{TAG}arm": "batchnorm=false",
+            f"{TAG}seed": "3",
+        },
+    )
+    t.end(failed, "FAILED", "diverged")
+    t.end(parent)
+    return uri, parent
+
+
+def test_report_is_rebuilt_from_mlflow_alone(store):
+    uri, parent = store
+    sr = load_runs("bn", uri)
+    assert sr.parent_run_id == parent and sr.profile == "quick" and sr.failed == 1
+    assert sr.claims[0]["min_effect"] == 1.4 and sr.alpha == 0.05 and sr.baseline == {"batchnorm": "true"}
+    assert sr.budget == {"train.epochs": 2, "data.train_subset": 800}
+    r = build_report(sr)
+    assert r.arms.set_index("batchnorm").loc["false", "failed"] == 1  # seed 3 never finished
+    assert r.effects.iloc[0]["estimate"] == pytest.approx(-2.6667, abs=1e-3)
+    assert r.claims.iloc[0]["estimate"] == pytest.approx(2.6667, abs=1e-3)
+    assert "profile quick (train.epochs=2, data.train_subset=800), 3 seeds per arm" in render(r)
+    hist = load_histories(sr)
+    assert len(hist) == 6 * 4 * 2 and set(hist["epoch"]) == {1, 2}
+    with pytest.raises(ReportError, match="no study 'nope'"):
+        load_runs("nope", uri)
+    with pytest.raises(ReportError, match="with profile full"):
+        load_runs("bn", uri, "full")
+
+
+def test_plots_are_written_and_logged_to_the_parent_run(store, tmp_path):
+    uri, parent = store
+    r = build_report(load_runs("bn", uri))
+    files = write_plots(r, tmp_path / "plots")
+    assert sorted(f.name for f in files) == ["effects.png", "learning_curves.png", "per_class.png"]
+    assert all(f.stat().st_size > 1000 for f in files)
+    from mlflow import MlflowClient
+
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "report")}
+    assert {"report/effects.png", "report/learning_curves.png", "report/per_class.png"} <= logged
+
+
+def test_report_command(store, tmp_path):
+    from click.testing import CliRunner
+
+    from ablations.cli import main
+
+    uri, _ = store
+    cli = CliRunner()
+    out = cli.invoke(main, ["report", "bn", "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    assert "claims" in out.output and "inconclusive" in out.output
+    out = cli.invoke(main, ["report", "bn", "--tracking-uri", uri, "--format", "json", "--alpha", "0.2"])
+    assert out.exit_code == 0 and json.loads(out.output)["alpha"] == 0.2
+    out = cli.invoke(
+        main, ["report", "bn", "--tracking-uri", uri, "--format", "csv", "--output", str(tmp_path / "r.csv")]
+    )
+    assert out.exit_code == 0 and (tmp_path / "r.effects.csv").exists()
+    out = cli.invoke(main, ["report", "bn", "--tracking-uri", uri, "--alpha", "2"])
+    assert out.exit_code == 2
+
+
+def test_runner_logs_claims_so_the_report_needs_only_mlflow(tmp_path, monkeypatch):
+    """`ablate run` then `ablate report NAME`: the claims, baseline and alpha travel with the parent run."""
+    import ablations.runner as runner
+    from ablations.study import load_study
+    from tests.conftest import tiny_splits
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "name: tiny\nquestion: q\nbase: {train.epochs: 1, train.batch_size: 16, train.device: cpu}\n"
+        "factors:\n  batchnorm: [true, false]\nseeds: [0, 1]\nalpha: 0.1\nbaseline: {batchnorm: false}\n"
+        "claims:\n  - {source: seed 000, text: helps, treatment: {batchnorm: true}, control: {batchnorm: false},"
+        " direction: increase, min_effect: 1.4}\n"
+    )
+    runner.run_study(load_study(path), progress=False)
+    sr = load_runs("tiny")
+    assert sr.alpha == 0.1 and sr.baseline == {"batchnorm": "false"}
+    assert sr.claims[0]["treatment"] == {"batchnorm": True} and sr.claims[0]["min_effect"] == 1.4
+    r = build_report(sr)
+    assert r.baseline == "batchnorm=false" and len(r.arms) == 2 and r.arms["n"].tolist() == [2, 2]
+    assert r.claims.iloc[0]["verdict"].startswith(
+        "inconclusive at this budget (profile base, 2 seeds per arm; fewer than 3 give no verdict); "
+    )

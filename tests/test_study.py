@@ -104,9 +104,27 @@ def test_mapping_factor_and_dotted_key_factor(tmp_path):
     assert cfg.optim.lr == 1e-2 and cfg.augment.rotation == 10 and cfg.augment.erasing == 0.5
 
 
-@pytest.mark.parametrize("path", sorted(Path("studies").rglob("*.yaml")))
-def test_every_shipped_study_validates_in_every_profile(path):
-    study = load_study(path)
+@pytest.fixture(scope="session")
+def imagenet_weights(tmp_path_factory):
+    """A file in torchvision's ResNet-18 format (random weights: the real ones cannot be downloaded here)."""
+    import torch
+    import torchvision
+
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("path", sorted(Path("studies").rglob("*.yaml")), ids=str)
+def test_every_shipped_study_validates_in_every_profile(path, imagenet_weights):
+    sets = {"model.weights": imagenet_weights} if "resnet18_imagenet" in path.read_text() else None
+    study = load_study(path, None, sets)
     for profile in ("full", "quick", "smoke"):
-        assert load_study(path, profile).cells()
+        assert load_study(path, profile, sets).cells()
     assert study.profile == "full"
+    assert study.question and len(study.seeds) >= 3  # every study is a distribution, not one run
+
+
+def test_transfer_study_without_weights_says_where_to_get_them():
+    with pytest.raises(StudyError, match=r"model.weights.*resnet18-f37072fd.pth"):
+        load_study("studies/transfer_resnet18.yaml")
