@@ -43,6 +43,13 @@ def main() -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.epochs=2.")
 @click.option("--dry-run", is_flag=True, help="List the cells and one resolved config; train nothing.")
 @click.option("--no-report", is_flag=True, help="Do not print the results table at the end.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the queue (CPU: each gets cores/workers torch threads).",
+)
 @tracking_option
 @storage_option
 def run(
@@ -51,6 +58,7 @@ def run(
     sets: tuple[str, ...],
     dry_run: bool,
     no_report: bool,
+    workers: int,
     tracking_uri: str | None,
     storage: str | None,
 ) -> None:
@@ -66,22 +74,22 @@ def run(
         click.echo(yaml.safe_dump(study.cell_config(cells[0]).model_dump(mode="json"), sort_keys=False))
         return
 
+    args = _worker_args(study_file, study.profile, sets, tracking_uri, storage, threads=_threads_per_worker(workers))
+    if study.search is not None:  # a hyperparameter search (ablations.hpsearch): trials instead of cells
+        _run_search(study, study_file, profile, tracking_uri, storage, workers, args)
+        return
+
     from ablations.runner import run_study
     from ablations.search import GRACE_S
     from core.data import DataError
 
     click.echo(f"study {study.name} (profile {study.profile}): {len(cells)} cells; {study.question}")
     try:
-        summary = run_study(study, tracking_uri, storage)
+        summary = run_study(study, tracking_uri, storage, workers=workers, worker_args=args)
     except DataError as exc:
         raise click.ClickException(f"{exc}") from None
     except KeyboardInterrupt:
-        click.echo(
-            f"\ninterrupted: finished cells are kept; the current run is marked KILLED.\n"
-            f"resume with: ablate run {study_file}" + (f" --profile {profile}" if profile else ""),
-            err=True,
-        )
-        sys.exit(130)
+        _interrupted(study_file, profile)
     click.echo(
         f"trained {len(summary.trained)} cell(s), {summary.skipped} already finished, "
         f"{len(summary.failed)} failed; MLflow parent run {summary.parent_run_id}"
@@ -97,6 +105,131 @@ def run(
         )
     if not no_report:
         _print_report(study.name, tracking_uri, study.profile, "table", None, spec=study)
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", default=None, help="The profile the study was started with (default: full).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="The --set overrides it was started with.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads for this worker (CPU).")
+@tracking_option
+@storage_option
+def worker(
+    study_file: Path,
+    profile: str | None,
+    sets: tuple[str, ...],
+    threads: int | None,
+    tracking_uri: str | None,
+    storage: str | None,
+) -> None:
+    """Join a study that `ablate run` started: train queued cells until none is left.
+
+    On other machines, point --storage and --tracking-uri at the shared services
+    (PostgreSQL for Optuna, an MLflow tracking server) the study was started with.
+    """
+    import torch
+
+    from ablations.runner import RunnerError, join_study
+    from core.data import DataError
+
+    if threads:
+        torch.set_num_threads(threads)
+    study = _load(study_file, profile, sets)
+    if study.search is not None:  # every worker runs the same search; the cap holds across them
+        from ablations.hpsearch import run_search
+
+        try:
+            result = run_search(study, tracking_uri, storage)
+        except DataError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            sys.exit(130)
+        click.echo(f"worker {os.getpid()}: trained {sum(arm.trained for arm in result.arms)} trial(s)")
+        return
+    try:
+        summary = join_study(study, tracking_uri, storage)
+    except (DataError, RunnerError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        sys.exit(130)
+    click.echo(f"worker {os.getpid()}: trained {len(summary.trained)} cell(s), {len(summary.failed)} failed")
+
+
+def _run_search(
+    study, study_file: Path, profile: str | None, tracking_uri, storage, workers: int, worker_args: list[str]
+) -> None:
+    """``ablate run`` of a study with a ``search`` block: in this process, or in ``workers`` worker processes.
+
+    With workers, this process waits for them and then calls ``run_search`` itself, which trains
+    nothing once the cap is reached and logs the best trial and the plots to the parent run(s).
+    """
+    from ablations.hpsearch import run_search, summary_text
+    from ablations.runner import run_workers
+    from ablations.search import rdb_storage
+    from ablations.tracking import Tracker
+    from core.data import DataError, load_splits
+
+    click.echo(f"search {study.name} (profile {study.profile}): up to {study.search.n_trials} trials")
+    try:
+        if workers > 1:
+            load_splits(study.config.data)  # a missing data set: one message, not one per worker
+            # Create both stores' schemas here: workers that all create a fresh SQLite file race.
+            Tracker(tracking_uri).experiment(study.name)
+            rdb_storage(storage)
+            run_workers(workers, worker_args)
+        click.echo(summary_text(run_search(study, tracking_uri, storage)), nl=False)
+    except DataError as exc:
+        raise click.ClickException(f"{exc}") from None
+    except KeyboardInterrupt:
+        _interrupted(study_file, profile)
+
+
+def _interrupted(study_file: Path, profile: str | None) -> None:
+    """Ctrl-C: say that nothing finished is lost and how to resume; exit 130."""
+    click.echo(
+        "\ninterrupted: finished runs are kept; the current run is marked KILLED.\n"
+        f"resume with: ablate run {study_file}" + (f" --profile {profile}" if profile else ""),
+        err=True,
+    )
+    sys.exit(130)
+
+
+def _threads_per_worker(workers: int) -> int | None:
+    import torch
+
+    if workers == 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // workers) if not torch.cuda.is_available() else None
+
+
+def _worker_args(
+    study_file: Path,
+    profile: str,
+    sets: tuple[str, ...],
+    tracking_uri: str | None,
+    storage: str | None,
+    threads: int | None,
+) -> list[str]:
+    """The command line of one `ablate worker` for this run (same interpreter, same stores)."""
+    from ablations.search import resolve_storage
+    from ablations.tracking import resolve_tracking_uri
+
+    args = [
+        sys.executable,
+        "-m",
+        "ablations.cli",
+        "worker",
+        str(study_file),
+        "--profile",
+        profile,
+        "--tracking-uri",
+        resolve_tracking_uri(tracking_uri),
+        "--storage",
+        resolve_storage(storage),
+    ]
+    for item in sets:
+        args += ["--set", item]
+    return args + (["--threads", str(threads)] if threads else [])
 
 
 @main.command()
@@ -152,6 +285,18 @@ def report(
     if study.endswith((".yaml", ".yml")):
         spec = _load(Path(study), None, ())
         study = spec.name
+    from ablations.report import load_search, render_search, search_plots, write_search
+
+    search = load_search(study, tracking_uri, profile)
+    if search is not None:  # a hyperparameter search: its trials sorted by value and the best config
+        if output:
+            for path in write_search(search, fmt, output):
+                click.echo(f"wrote {path}")
+        else:
+            click.echo(render_search(search, fmt), nl=False)
+        for path in search_plots(search, plots) if plots else []:
+            click.echo(f"wrote {path}")
+        return
     _print_report(study, tracking_uri, profile, fmt, output, alpha, effect=effect, plots=plots, spec=spec)
 
 

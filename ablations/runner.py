@@ -10,6 +10,9 @@ has a complete MLflow run; anything interrupted is trained again next time.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -19,14 +22,14 @@ from tqdm import tqdm
 
 from ablations.factors import level_label
 from ablations.plots import learning_curves
-from ablations.search import Heartbeat, next_trial, open_study, pending_cells
+from ablations.search import Heartbeat, cell_params, fail_stale_trials, next_trial, open_study, pending_cells
 from ablations.study import Cell, Study
 from ablations.tracking import TAG, Tracker, git_commit
 from core.config import DataConfig, RunConfig, config_hash, flatten
 from core.data import Splits, load_splits
 from core.train import Callback, DivergedError, FitResult, fit
 
-__all__ = ["RunSummary", "run_study"]
+__all__ = ["RunSummary", "RunnerError", "join_study", "run_study", "run_workers"]
 
 
 @dataclass
@@ -104,8 +107,131 @@ def _log_result(tracker: Tracker, run_id: str, cell: Cell, result: FitResult) ->
     tracker.log_state_dict(run_id, result.state_dict)
 
 
+class _Session:
+    """One process's handle on a study: its Optuna study, MLflow parent run and loaded data."""
+
+    def __init__(self, study: Study, tracking_uri: str | None, storage: str | None, create: bool) -> None:
+        self.study, self.data_cache = study, {}
+        self.by_key = {c.key: c for c in study.cells()}
+        _splits_for(study.config.data, self.data_cache)  # fail on missing data before anything is logged
+        self.tracker = Tracker(tracking_uri)
+        self.ostudy, self.storage = open_study(study, storage, on_stale=self._stale)
+        self.tags = {
+            f"{TAG}study": study.name,
+            f"{TAG}profile": study.profile,
+            f"{TAG}git_commit": git_commit(),
+            f"{TAG}config_hash": config_hash(study.config),
+            "optuna.study": study.key,
+            "mlflow.note.content": study.question,
+        }
+        self.exp_id = self.tracker.experiment(study.name, create=create)
+        parent = self.tracker.find_parent(self.exp_id, study.key) if self.exp_id else None
+        if parent is None and not create:
+            raise RunnerError(
+                f"study '{study.key}' has no parent run in {self.tracker.uri}: start it with "
+                f"`ablate run {study.path}` (same --profile, --set, --tracking-uri and --storage) first"
+            )
+        if create:
+            parent = parent or self.tracker.create_parent(
+                self.exp_id, study.key, f"{study.name} ({study.profile})", self.tags
+            )
+            self._describe(parent)
+        self.parent = parent
+
+    def _describe(self, parent: str) -> None:
+        """Record the study's current factors, seeds, metric and claims on its parent run."""
+        study, tracker = self.study, self.tracker
+        # Tags, not params: adding levels or seeds later keeps the parent run but changes these.
+        level_labels = {f: [level_label(v) for v in spec] for f, spec in study.factors.items()}
+        for key, value in {
+            "factors": json.dumps(level_labels),
+            "seeds": json.dumps(study.seeds),
+            "metric": study.metric.name,
+            "direction": study.metric.direction,
+        }.items():
+            tracker.client.set_tag(parent, f"{TAG}{key}", value)
+        tracker.log_config(
+            parent,
+            {
+                "study": study.name,
+                "question": study.question,
+                "profile": study.profile,
+                "overrides": study.overrides,
+                "factors": study.factors,
+                "seeds": study.seeds,
+                "metric": study.metric.model_dump(),
+                "alpha": study.alpha,
+                "baseline": study.baseline,
+                "claims": [c.model_dump() for c in study.claims],
+            },
+        )
+
+    def _stale(self, ostudy, trial) -> None:
+        """A worker died (SIGKILL, power loss): close its MLflow run and queue its cell again.
+
+        Optuna calls this once per stale trial, in the one process that marked it FAILED,
+        so the cell is queued exactly once.
+        """
+        if "mlflow_run_id" in trial.user_attrs:
+            self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED", "worker stopped: no heartbeat")
+        cell = self.by_key.get(trial.user_attrs.get("cell"))
+        if cell is not None:
+            requeue(ostudy, cell)  # Optuna's study: this may run inside open_study, before self.ostudy exists
+
+    def complete_keys(self) -> set[str]:
+        return {t.user_attrs.get("cell") for t in self.ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+
+    def work(self, summary: RunSummary, progress: bool) -> None:
+        """Train queued cells until the queue is empty."""
+        study, total = self.study, len(self.by_key)
+        done = len(self.complete_keys() & set(self.by_key))
+        bar = tqdm(
+            total=total,
+            initial=done,
+            unit="cell",
+            desc=study.name,
+            disable=None if progress else True,
+            dynamic_ncols=True,
+            position=0,
+        )
+        try:
+            while True:
+                fail_stale_trials(self.ostudy)  # a dead worker's cell goes back in the queue
+                trial = next_trial(self.ostudy)
+                if trial is None:
+                    break
+                cell = self.by_key.get(trial.user_attrs["cell"])
+                if cell is None:  # a queued cell from an older version of the file
+                    self.ostudy.tell(trial, state=TrialState.FAIL)
+                    continue
+                label = f"[{len(self.complete_keys() & set(self.by_key)) + 1}/{total}] {cell.key}"
+                _run_cell(self, cell, trial, summary, progress, label)
+                bar.n = len(self.complete_keys() & set(self.by_key))
+                bar.refresh()
+                if cell.key in summary.values:
+                    value = summary.values[cell.key]
+                    shown = f"{100 * value:.2f}%" if study.metric.name.endswith(("acc", "top3")) else f"{value:.4f}"
+                    tqdm.write(f"[{bar.n}/{total}] {cell.key}: {study.metric.name} {shown}")
+        finally:
+            bar.close()
+
+    def running(self) -> list[str]:
+        return [
+            t.user_attrs.get("cell", "?") for t in self.ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ]
+
+
+class RunnerError(RuntimeError):
+    """A worker cannot join: the study has not been started."""
+
+
 def run_study(
-    study: Study, tracking_uri: str | None = None, storage: str | None = None, progress: bool = True
+    study: Study,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    progress: bool = True,
+    workers: int = 1,
+    worker_args: list[str] | None = None,
 ) -> RunSummary:
     """Train every cell of ``study`` that has not finished; log each to MLflow.
 
@@ -114,6 +240,10 @@ def run_study(
         tracking_uri: MLflow tracking URI (default: ``sqlite:///mlruns/mlflow.db``).
         storage: Optuna storage URL (default: ``sqlite:///mlruns/optuna.db``).
         progress: show tqdm bars (on a terminal only).
+        workers: with more than 1, start that many ``ablate worker`` processes that share
+            the queue (each limits its torch threads to cores / workers); this process
+            only queues the cells and waits.
+        worker_args: the ``ablate worker`` command line for ``workers > 1``.
 
     Returns:
         A :class:`RunSummary`.
@@ -123,115 +253,93 @@ def run_study(
         KeyboardInterrupt: after marking the current run KILLED and its trial FAILED.
     """
     summary = RunSummary()
-    data_cache: dict = {}
-    _splits_for(study.config.data, data_cache)  # fail on missing data before anything is logged
-    tracker = Tracker(tracking_uri)
-
-    def mark_stale(trial) -> None:  # its worker died (SIGKILL, power loss): close its MLflow run too
-        if "mlflow_run_id" in trial.user_attrs:
-            tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED", "worker stopped: no heartbeat")
-
-    ostudy, storage_obj = open_study(study, storage, on_stale=mark_stale)
-    todo, summary.skipped = pending_cells(study, ostudy)
-    exp_id = tracker.experiment(study.name)
-    tags = {
-        f"{TAG}study": study.name,
-        f"{TAG}profile": study.profile,
-        f"{TAG}git_commit": git_commit(),
-        f"{TAG}config_hash": config_hash(study.config),
-        "optuna.study": study.key,
-        "mlflow.note.content": study.question,
-    }
-    parent = tracker.parent_run(exp_id, study.key, f"{study.name} ({study.profile})", tags)
-    summary.parent_run_id = parent
-    # Tags, not params: adding levels or seeds later keeps the parent run but changes these.
-    level_labels = {f: [level_label(v) for v in spec] for f, spec in study.factors.items()}
-    for key, value in {
-        "factors": json.dumps(level_labels),
-        "seeds": json.dumps(study.seeds),
-        "metric": study.metric.name,
-        "direction": study.metric.direction,
-    }.items():
-        tracker.client.set_tag(parent, f"{TAG}{key}", value)
-    tracker.log_config(
-        parent,
-        {
-            "study": study.name,
-            "question": study.question,
-            "profile": study.profile,
-            "overrides": study.overrides,
-            "factors": study.factors,
-            "seeds": study.seeds,
-            "metric": study.metric.model_dump(),
-            "alpha": study.alpha,
-            "baseline": study.baseline,
-            "claims": [c.model_dump() for c in study.claims],
-        },
-    )
-    by_key = {c.key: c for c in study.cells()}
-    total = len(by_key)
-    bar = tqdm(
-        total=total,
-        initial=summary.skipped,
-        unit="cell",
-        desc=study.name,
-        disable=None if progress else True,
-        dynamic_ncols=True,
-        position=0,
-    )
+    session = _Session(study, tracking_uri, storage, create=True)
+    before = session.complete_keys()
+    pending_cells(study, session.ostudy)
+    summary.skipped = len(before & set(session.by_key))
+    summary.parent_run_id = session.parent
+    session.tracker.client.update_run(session.parent, status="RUNNING")
     status = "FINISHED"
     try:
-        while (trial := next_trial(ostudy)) is not None:
-            cell = by_key.get(trial.user_attrs["cell"])
-            if cell is None:  # a queued cell from an older version of the file
-                ostudy.tell(trial, state=TrialState.FAIL)
-                continue
-            _run_cell(
-                study,
-                cell,
-                trial,
-                ostudy,
-                storage_obj,
-                tracker,
-                exp_id,
-                parent,
-                tags,
-                data_cache,
-                summary,
-                progress,
-                f"[{bar.n + 1}/{total}] {cell.key}",
-            )
-            bar.update(1)
-            if cell.key in summary.values:
-                value = summary.values[cell.key]
-                shown = f"{100 * value:.2f}%" if study.metric.name.endswith(("acc", "top3")) else f"{value:.4f}"
-                tqdm.write(f"[{bar.n}/{total}] {cell.key}: {study.metric.name} {shown}")
+        if workers > 1:
+            run_workers(workers, worker_args or [])
+            _collect(session, summary, before)
+        else:
+            session.work(summary, progress)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        bar.close()
-        summary.running_elsewhere = [
-            t.user_attrs.get("cell", "?") for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        ]
-        if status != "KILLED" and summary.failed:
-            status = "FAILED"
-        tracker.end(parent, status)
+        summary.running_elsewhere = session.running()
+        if status != "KILLED" and (summary.failed or summary.running_elsewhere):
+            status = "FAILED" if summary.failed else "RUNNING"
+        if status != "RUNNING":
+            session.tracker.end(session.parent, status)
     return summary
 
 
-def _run_cell(
-    study, cell, trial, ostudy, storage_obj, tracker, exp_id, parent, tags, data_cache, summary, progress, label
-) -> None:
+def join_study(
+    study: Study, tracking_uri: str | None = None, storage: str | None = None, progress: bool = True
+) -> RunSummary:
+    """Work on a study another ``ablate run`` started (``ablate worker``): take queued cells until none is left.
+
+    Raises:
+        RunnerError: the study has no parent run yet.
+    """
+    summary = RunSummary()
+    session = _Session(study, tracking_uri, storage, create=False)
+    summary.parent_run_id = session.parent
+    session.work(summary, progress)
+    return summary
+
+
+def run_workers(n: int, args: list[str]) -> None:
+    """Start ``n`` worker processes (``args`` is the ``ablate worker`` command line) and wait for all.
+
+    Raises:
+        KeyboardInterrupt: after every worker, which got the same Ctrl-C, has exited.
+    """
+    procs = [subprocess.Popen(args) for _ in range(n)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: let them mark their runs KILLED
+        for p in procs:
+            p.wait()
+        raise
+    if any(codes):
+        tqdm.write(f"worker exit codes: {codes}", file=sys.stderr)
+
+
+def _collect(session: _Session, summary: RunSummary, before: set[str]) -> None:
+    """Fill ``summary`` from the Optuna study after worker processes finished."""
+    for t in session.ostudy.get_trials(deepcopy=False):
+        key = t.user_attrs.get("cell")
+        if key not in session.by_key or key in before:
+            continue
+        if t.state == TrialState.COMPLETE:
+            summary.trained.append(key)
+            summary.values[key] = t.value
+        elif t.state == TrialState.FAIL and "failure" in t.user_attrs and key not in summary.trained:
+            summary.failed[key] = t.user_attrs["failure"]
+    summary.failed = {k: v for k, v in summary.failed.items() if k not in summary.trained}
+
+
+def requeue(ostudy, cell: Cell) -> None:
+    """Put ``cell`` back in the queue (after its worker died)."""
+    ostudy.enqueue_trial(cell_params(cell), user_attrs={"cell": cell.key})
+
+
+def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progress: bool, label: str) -> None:
+    study, tracker, ostudy = session.study, session.tracker, session.ostudy
     cfg = study.cell_config(cell)
     params = {**flatten(cfg), **{f"factor.{k}": level_label(v) for k, v in cell.levels.items()}}
     run_id = tracker.start_cell(
-        exp_id,
-        parent,
+        session.exp_id,
+        session.parent,
         cell.key,
         params,
         {
-            **tags,
+            **session.tags,
             f"{TAG}cell": cell.key,
             f"{TAG}arm": cell.arm,
             f"{TAG}seed": str(cell.seed),
@@ -240,11 +348,12 @@ def _run_cell(
         },
     )
     trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     bar = _Progress(label) if progress else None
     callbacks = [_MlflowEpochs(tracker, run_id)] + ([bar] if bar else [])
     try:
-        with Heartbeat(storage_obj, trial._trial_id):  # Optuna's storage API needs the trial id
-            result = fit(cfg, _splits_for(cfg.data, data_cache), callbacks)
+        with Heartbeat(session.storage, trial._trial_id):  # Optuna's storage API needs the trial id
+            result = fit(cfg, _splits_for(cfg.data, session.data_cache), callbacks)
             _log_result(tracker, run_id, cell, result)
     except DivergedError as exc:
         reason = f"{cell.key}: {exc}"

@@ -25,11 +25,13 @@ from ablations.factors import level_label
 from ablations.study import Cell, Study
 from ablations.tracking import absolute_sqlite
 
-__all__ = ["DEFAULT_STORAGE", "Heartbeat", "open_study", "pending_cells", "resolve_storage"]
+__all__ = ["DEFAULT_STORAGE", "Heartbeat", "open_study", "pending_cells", "rdb_storage", "resolve_storage"]
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
-HEARTBEAT_S = 10  # a running trial writes a heartbeat this often
-GRACE_S = 60  # a trial whose heartbeat is older than this is stale (its worker died)
+# A trial whose heartbeat is older than GRACE_S seconds is stale: its worker died. Long enough for
+# a busy machine to miss a few beats; $ABLATE_HEARTBEAT_GRACE shortens it (tests) or lengthens it.
+GRACE_S = int(os.environ.get("ABLATE_HEARTBEAT_GRACE", "60"))
+HEARTBEAT_S = max(1, min(10, GRACE_S // 4))  # a running trial writes a heartbeat this often
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and stale-trial failing are marked experimental, and Optuna warns that
@@ -44,35 +46,57 @@ def resolve_storage(url: str | None) -> str:
     return absolute_sqlite(url or os.environ.get("ABLATE_OPTUNA_STORAGE") or DEFAULT_STORAGE)
 
 
+def rdb_storage(
+    storage: str | None, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None
+) -> optuna.storages.RDBStorage:
+    """The Optuna storage at ``storage`` (see :func:`resolve_storage`), with heartbeats on.
+
+    Args:
+        storage: Optuna storage URL, or ``None`` for the default.
+        on_stale: called as ``on_stale(optuna_study, trial)`` with each trial found stale (its
+            worker stopped beating for ``GRACE_S`` seconds, e.g. killed with SIGKILL) after
+            Optuna marks it FAILED.
+    """
+    url = resolve_storage(storage)
+    return optuna.storages.RDBStorage(
+        url,
+        # several worker processes share one SQLite file: wait for its lock rather than fail at once
+        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+        heartbeat_interval=HEARTBEAT_S,
+        grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=on_stale,
+    )
+
+
 def open_study(
-    study: Study, storage: str | None = None, on_stale: Callable[[FrozenTrial], None] | None = None
+    study: Study, storage: str | None = None, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None
 ) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     """Create or load the Optuna study for ``study.key``, failing stale trials first.
 
     Args:
         study: the validated study.
         storage: Optuna storage URL (see :func:`resolve_storage`).
-        on_stale: called with each trial found stale (its worker stopped beating
-            for ``GRACE_S`` seconds, e.g. killed with SIGKILL) after Optuna marks it FAILED.
+        on_stale: see :func:`rdb_storage`; it may run before this function returns.
 
     Returns:
         The Optuna study and its storage (for :class:`Heartbeat`).
     """
-    rdb = optuna.storages.RDBStorage(
-        resolve_storage(storage),
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=(lambda _study, trial: on_stale(trial)) if on_stale else None,
-    )
+    rdb = rdb_storage(storage, on_stale)
     ostudy = optuna.create_study(
         storage=rdb, study_name=study.key, direction=study.metric.direction, load_if_exists=True
     )
     ostudy.set_metric_names([study.metric.name])
-    optuna.storages.fail_stale_trials(ostudy)
+    fail_stale_trials(ostudy)
     return ostudy, rdb
 
 
-def _params(cell: Cell) -> dict:
+def fail_stale_trials(ostudy: optuna.Study) -> None:
+    """Mark trials whose worker stopped beating FAILED (and call the study's ``on_stale`` for each)."""
+    optuna.storages.fail_stale_trials(ostudy)
+
+
+def cell_params(cell: Cell) -> dict:
+    """The Optuna params of a cell's trial: level labels and the seed."""
     # Level labels, not values: Optuna params must be scalars, and a level may be a list.
     return {**{k: level_label(v) for k, v in cell.levels.items()}, "seed": cell.seed}
 
@@ -91,7 +115,7 @@ def pending_cells(study: Study, ostudy: optuna.Study) -> tuple[list[Cell], int]:
         if cell.key in complete:
             continue
         if cell.key not in queued:
-            ostudy.enqueue_trial(_params(cell), user_attrs={"cell": cell.key})
+            ostudy.enqueue_trial(cell_params(cell), user_attrs={"cell": cell.key})
         todo.append(cell)
     return todo, len(complete & {c.key for c in study.cells()})
 

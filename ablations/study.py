@@ -7,6 +7,12 @@ is validated before anything runs: an unknown key, factor or level, a wrong
 type or an empty factor raises :class:`StudyError` naming the file, the key
 path and the valid choices.
 
+A study may also have a ``search`` block (:class:`SearchSpec`): a
+hyperparameter search with Optuna over dotted config keys, run by
+``ablations.hpsearch``. Beside ``factors`` every arm gets its own search;
+alone, ``factors`` (and ``seeds``) may be left out. Profiles and ``--set`` may
+change ``search.n_trials`` and ``search.timeout``.
+
 YAML note: this loader reads booleans as in YAML 1.2: only ``true``/``false``.
 ``on``, ``off``, ``yes``, ``no`` stay strings, and a boolean factor given such
 a level is an error that says so (YAML 1.1 would silently turn them into
@@ -16,20 +22,22 @@ booleans). Floats such as ``1e-3`` are read as numbers.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ablations.factors import FACTORS, factor_overrides, level_label
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash
 from core.models import resolve_model_config
 
-__all__ = ["Cell", "Claim", "Study", "StudyError", "load_study"]
+__all__ = ["Cell", "Claim", "SearchSpec", "Study", "StudyError", "load_study"]
 
 METRICS = ("test_acc", "test_top3", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -89,18 +97,148 @@ class Claim(BaseModel):
     min_effect: float | None = Field(default=None, gt=0)
 
 
+class FloatParam(BaseModel):
+    """``{type: float, low, high, log, step}``: Optuna's ``FloatDistribution`` (``trial.suggest_float``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) is greater than high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0, got {self.low:g}")
+        if self.log and self.step is not None:
+            raise ValueError("step and log: true cannot be combined (Optuna's FloatDistribution)")
+        return self
+
+    def values(self) -> list[Any]:
+        """The values checked against the run config: the ends of the range."""
+        return [self.low, self.high]
+
+
+class IntParam(BaseModel):
+    """``{type: int, low, high, step, log}``: Optuna's ``IntDistribution`` (``trial.suggest_int``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(default=1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
+        if self.log and self.low < 1:
+            raise ValueError(f"log: true needs low >= 1, got {self.low}")
+        if self.log and self.step != 1:
+            raise ValueError("step and log: true cannot be combined (Optuna's IntDistribution)")
+        return self
+
+    def values(self) -> list[Any]:
+        """The values checked against the run config: the ends of the range."""
+        return [self.low, self.high]
+
+
+class CategoricalParam(BaseModel):
+    """``{type: categorical, choices: [...]}``: Optuna's ``CategoricalDistribution``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["categorical"]
+    # Optuna stores choices as JSON scalars: null, booleans, numbers and strings.
+    choices: list[bool | int | float | str | None] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CategoricalParam:
+        if len({json.dumps(c) for c in self.choices}) != len(self.choices):
+            raise ValueError(f"choices must be distinct, got {self.choices}")
+        return self
+
+    def values(self) -> list[Any]:
+        """The values checked against the run config: every choice."""
+        return list(self.choices)
+
+
+SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+PARAM_TYPES = ("float", "int", "categorical")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+PRUNERS = ("none", "median", "hyperband", "successive_halving", "threshold", "percentile")
+
+
+class SamplerSpec(BaseModel):
+    """``{name, seed, ...}``: an Optuna sampler; further keys are arguments of its class (checked)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    seed: int | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keys besides ``name`` and ``seed``: keyword arguments of the Optuna class."""
+        return dict(self.model_extra or {})
+
+
+class PrunerSpec(BaseModel):
+    """``{name, ...}``: an Optuna pruner; further keys are arguments of its class (checked)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Literal[PRUNERS] = "median"  # type: ignore[valid-type]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keys besides ``name``: keyword arguments of the Optuna class."""
+        return dict(self.model_extra or {})
+
+
+class SearchSpec(BaseModel):
+    """A study's ``search:`` block: what Optuna samples, how, and how many trials.
+
+    Attributes:
+        space: dotted config key -> distribution, in Optuna's words (``float``, ``int``, ``categorical``).
+        sampler: ``tpe`` (default), ``random``, ``grid``, ``cmaes`` or ``qmc``, with ``seed``.
+        pruner: ``median`` (default), ``none``, ``hyperband``, ``successive_halving``,
+            ``threshold`` or ``percentile``.
+        n_trials: the cap on finished trials of the search (of each arm's search), over all workers.
+        timeout: seconds after which a worker starts no new trial (``None``: no limit).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    space: dict[str, SearchParam] = Field(min_length=1)
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    n_trials: int = Field(default=20, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two searches the same search: everything but the budget (``n_trials``, ``timeout``)."""
+        return self.model_dump(mode="json", exclude={"n_trials", "timeout"})
+
+
+# the keys of the search block that profiles and --set may change (the budget)
+_SEARCH_SETS = ("search.n_trials", "search.timeout")
+
+
 class _StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=_NAME)
     question: str
     base: dict[str, Any] = {}
-    factors: dict[str, list[Any] | dict[str, dict[str, Any]]] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    # optional when the study has a search block: then it is a pure search
+    factors: Annotated[dict[str, list[Any] | dict[str, dict[str, Any]]], Field(min_length=1)] | None = None
+    seeds: Annotated[list[int], Field(min_length=1)] | None = None  # a pure search defaults to [0]
     metric: MetricSpec = MetricSpec()
     profiles: dict[str, dict[str, Any]] = {}
     claims: list[Claim] = []
     baseline: dict[str, Any] = {}  # factor -> level; factors not named keep their first level
     alpha: float = Field(default=0.05, gt=0, lt=1)
+    search: SearchSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +262,8 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """The cell's name, e.g. ``batchnorm=false seed=1``."""
-        return f"{self.arm} seed={self.seed}"
+        """The cell's name, e.g. ``batchnorm=false seed=1`` (``seed=0`` without factors)."""
+        return f"{self.arm} seed={self.seed}".strip()
 
 
 @dataclass(frozen=True)
@@ -141,6 +279,7 @@ class Study:
         claims: claims from the literature the report checks (``claims:``).
         baseline: factor -> level label of the baseline arm (every factor named).
         alpha: significance level of the report's verdicts.
+        search: the ``search:`` block with the profile's and ``--set``'s budget applied, or ``None``.
     """
 
     path: Path
@@ -155,6 +294,7 @@ class Study:
     claims: tuple[Claim, ...] = ()
     baseline: dict[str, str] = field(default_factory=dict)
     alpha: float = 0.05
+    search: SearchSpec | None = None
 
     @property
     def key(self) -> str:
@@ -162,17 +302,29 @@ class Study:
 
         The hash covers every setting except the factor levels and seeds, so
         adding seeds or levels keeps finished cells, and changing the recipe
-        starts a new study.
+        starts a new study. For a search it also covers the space, sampler and
+        pruner, but not the budget (``n_trials``, ``timeout``): raising
+        ``n_trials`` continues the same search.
         """
-        return f"{self.name}:{self.profile}:{config_hash(self.config)}"
+        digest = config_hash(self.config)
+        if self.search is not None:
+            text = json.dumps({"config": digest, "search": self.search.identity()}, sort_keys=True)
+            digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        return f"{self.name}:{self.profile}:{digest}"
 
     def cells(self) -> list[Cell]:
-        """All cells, factor levels in file order (first level = baseline), seeds innermost."""
+        """All cells, factor levels in file order (first level = baseline), seeds innermost.
+
+        A search study has one cell per arm (one in all without factors), with the
+        first seed: the starting point of that arm's search, whose trials set the
+        sampled keys on top of it.
+        """
         names = list(self.factors)
         out = []
+        seeds = self.seeds[:1] if self.search is not None else self.seeds
         for combo in itertools.product(*(list(self.factors[n]) for n in names)):
             levels = dict(zip(names, combo, strict=True))
-            for seed in self.seeds:
+            for seed in seeds:
                 ov: dict[str, Any] = {}
                 for n, lv in levels.items():
                     ov.update(factor_overrides(n, self.factors[n], lv))
@@ -247,7 +399,9 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
 
     Raises:
         StudyError: missing file, bad YAML, unknown key/factor/level/profile,
-            wrong type, empty factor. The message names the file and key path.
+            wrong type, empty factor, a search space key that is no config key or
+            does not take its bounds or choices, a sampler or pruner Optuna does
+            not accept. The message names the file and key path.
     """
     path = Path(path)
     if not path.is_file():
@@ -266,9 +420,20 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     try:
         spec = _StudyFile.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise StudyError(path, key, err["msg"]) from None
+        key, msg = _error_location(exc.errors()[0])
+        raise StudyError(path, key, msg) from None
+    if spec.search is None:
+        for name in ("factors", "seeds"):
+            if getattr(spec, name) is None:
+                raise StudyError(path, name, "Field required (or give a search block for a pure search)")
+    elif spec.claims:
+        raise StudyError(
+            path,
+            "claims",
+            "a search study checks no claims: put them in the ordinary study that re-runs the best config with seeds",
+        )
+    factors = dict(spec.factors or {})
+    seeds = list(spec.seeds or [0])
 
     if profile is None:
         profile = "full" if "full" in spec.profiles else "base"
@@ -276,18 +441,31 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         raise StudyError(
             path, "profiles", f"no profile '{profile}'; this file has: {', '.join(spec.profiles) or 'none'}"
         )
-    cfg = _check_overrides(path, "base", RunConfig(), spec.base)
+    base, base_search = _split_search(path, "base", spec.search, spec.base)
+    cfg = _check_overrides(path, "base", RunConfig(), base)
+    profile_cfg: dict[str, Any] = {}
+    profile_search: dict[str, Any] = {}
     for pname, pov in spec.profiles.items():
+        pov, psearch = _split_search(path, f"profiles.{pname}", spec.search, pov)
         _check_overrides(path, f"profiles.{pname}", cfg, pov)
-    merged = {**spec.base, **spec.profiles.get(profile, {}), **(sets or {})}
+        if pname == profile:
+            profile_cfg, profile_search = pov, psearch
+    set_cfg, set_search = _split_search(path, "--set", spec.search, sets or {})
+    merged = {**base, **profile_cfg, **set_cfg}
     cfg = _check_overrides(path, "--set" if sets else f"profiles.{profile}", RunConfig(), merged)
-    for name, fspec in spec.factors.items():
+    for name, fspec in factors.items():
         _check_factor(path, cfg, name, fspec)
     try:
         resolve_model_config(cfg.model)
     except ConfigError as exc:
         raise StudyError(path, "base", str(exc)) from None
-    labels = {f: [level_label(v) for v in fspec] for f, fspec in spec.factors.items()}
+    search = None
+    if spec.search is not None:
+        budget = {**base_search, **profile_search, **set_search}
+        where = "--set" if set_search else (f"profiles.{profile}" if profile_search else "base")
+        search = _with_budget(path, where, spec.search, budget)
+        _check_search(path, cfg, search, factors, spec.metric)
+    labels = {f: [level_label(v) for v in fspec] for f, fspec in factors.items()}
     baseline = {f: levels[0] for f, levels in labels.items()}
     baseline.update(_check_levels(path, "baseline", labels, spec.baseline))
     for i, claim in enumerate(spec.claims):
@@ -301,8 +479,8 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         path,
         spec.name,
         spec.question,
-        dict(spec.factors),
-        list(spec.seeds),
+        factors,
+        seeds,
         spec.metric,
         profile,
         merged,
@@ -310,15 +488,98 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         tuple(spec.claims),
         baseline,
         spec.alpha,
+        search,
     )
     for cell in study.cells():  # every cell must build a valid config (e.g. model names)
         try:
             study.cell_config(cell)
         except ConfigError as exc:
             raise StudyError(path, f"factors ({cell.arm})", str(exc)) from None
-    if len(set(spec.seeds)) != len(spec.seeds):
-        raise StudyError(path, "seeds", f"seeds must be distinct, got {spec.seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(path, "seeds", f"seeds must be distinct, got {seeds}")
     return study
+
+
+def _error_location(err: dict) -> tuple[str, str]:
+    """A pydantic error as (dotted key path, message), with the search space's ``type`` tag left out."""
+    loc = [str(p) for p in err["loc"]]
+    if loc[:2] == ["search", "space"] and len(loc) > 3 and loc[3] in PARAM_TYPES:
+        del loc[3]  # the discriminated union puts the tag into the path: search.space.<key>.float.low
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "union_tag_not_found":
+        msg = f"missing type; give type: {', '.join(PARAM_TYPES)}"
+    elif err["type"] == "union_tag_invalid":
+        got = err.get("ctx", {}).get("tag", "?")
+        msg = f"unknown type '{got}'; valid types: {', '.join(PARAM_TYPES)}"
+        loc.append("type")
+    return ".".join(loc), msg
+
+
+def _split_search(
+    path: Path, where: str, search: SearchSpec | None, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``overrides`` -> (run config overrides, ``search.*`` budget overrides such as ``search.n_trials``)."""
+    config, budget = {}, {}
+    for key, value in overrides.items():
+        if not key.startswith("search."):
+            config[key] = value
+            continue
+        if search is None:
+            raise StudyError(path, f"{where}.{key}", "this study has no search block")
+        if key not in _SEARCH_SETS:
+            raise StudyError(
+                path,
+                f"{where}.{key}",
+                f"only {' and '.join(_SEARCH_SETS)} can be set here; change the rest in the search block",
+            )
+        budget[key.removeprefix("search.")] = value
+    return config, budget
+
+
+def _with_budget(path: Path, where: str, search: SearchSpec, budget: dict[str, Any]) -> SearchSpec:
+    if not budget:
+        return search
+    try:
+        return SearchSpec.model_validate({**search.model_dump(), **budget})
+    except ValidationError as exc:
+        key, msg = _error_location(exc.errors()[0])
+        raise StudyError(path, f"{where}.search.{key}", msg) from None
+
+
+def _check_search(path: Path, cfg: RunConfig, search: SearchSpec, factors: dict[str, Any], metric: MetricSpec) -> None:
+    """Every space key is a config key taking its bounds and choices; the sampler and pruner can be built."""
+    from ablations.hpsearch import SearchSpecError, make_pruner, make_sampler
+
+    by_factor: dict[str, str] = {}
+    for name, fspec in factors.items():
+        for level in fspec:
+            for key in factor_overrides(name, fspec, level):
+                by_factor[key] = name
+    for key, param in search.space.items():
+        where = f"search.space.{key}"
+        if key == "train.seed":
+            raise StudyError(path, where, "the seed is not searched: every trial trains with the study's first seed")
+        if key in by_factor:
+            raise StudyError(
+                path, where, f"also set by factor '{by_factor[key]}': a key is either searched or a factor"
+            )
+        for value in param.values():
+            try:
+                resolve_model_config(apply_overrides(cfg, {key: value}).model)
+            except ConfigError as exc:
+                raise StudyError(path, where, str(exc)) from None
+    try:
+        make_sampler(search)
+        make_pruner(search)
+    except SearchSpecError as exc:
+        raise StudyError(path, f"search.{exc.key}", str(exc)) from None
+    if cfg.data.val_fraction == 0:
+        if search.pruner.name != "none":
+            raise StudyError(
+                path, "search.pruner", "pruning watches the validation set: set data.val_fraction > 0 or pruner none"
+            )
+        if metric.name.startswith("val_"):
+            raise StudyError(path, "metric", f"{metric.name} needs a validation set: set data.val_fraction > 0")
 
 
 def _check_levels(path: Path, where: str, labels: dict[str, list[str]], levels: dict[str, Any]) -> dict[str, str]:

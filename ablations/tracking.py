@@ -84,15 +84,15 @@ class Tracker:
             return None
         return self.client.create_experiment(study, artifact_location=self._artifact_root(study))
 
-    def parent_run(self, exp_id: str, study_key: str, name: str, tags: dict[str, str]) -> str:
-        """The parent run of ``study_key``: the existing one (set running again) or a new one."""
+    def find_parent(self, exp_id: str, study_key: str) -> str | None:
+        """The run id of the parent run of ``study_key``, or ``None``."""
         found = self.client.search_runs(
             [exp_id], f"tags.`{TAG}study_key` = '{study_key}' and tags.`{TAG}role` = 'parent'", max_results=1
         )
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
+        return found[0].info.run_id if found else None
+
+    def create_parent(self, exp_id: str, study_key: str, name: str, tags: dict[str, str]) -> str:
+        """Create the parent run of ``study_key`` (see :meth:`find_parent` first)."""
         run = self.client.create_run(
             exp_id, run_name=name, tags={**tags, f"{TAG}role": "parent", f"{TAG}study_key": study_key}
         )

@@ -340,7 +340,7 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{root}/mlflow.db"
     t = Tracker(uri)
     exp = t.experiment("bn")
-    parent = t.parent_run(exp, "bn:quick:abc", "bn (quick)", {f"{TAG}study": "bn", f"{TAG}profile": "quick"})
+    parent = t.create_parent(exp, "bn:quick:abc", "bn (quick)", {f"{TAG}study": "bn", f"{TAG}profile": "quick"})
     for key, value in {
         "factors": '{"batchnorm": ["true", "false"]}',
         "seeds": "[0, 1, 2]",

@@ -1,0 +1,147 @@
+"""Parallel workers and crash safety, with real processes on the real archive (smoke budget)."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = str(ROOT / "studies" / "batchnorm.yaml")
+CELLS = {f"batchnorm={b} seed={s}" for b in ("true", "false") for s in (0, 1, 2)}
+
+
+def ablate(*args, env=None, log=None):
+    """Start ``ablate ARGS``; output to ``log`` (a file nobody has to drain) or a pipe."""
+    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablations.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def stores(tmp_path):
+    return ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+
+
+def trials(tmp_path):
+    names = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
+    return optuna.load_study(study_name=names[0], storage=f"sqlite:///{tmp_path}/optuna.db").get_trials()
+
+
+def cell_runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("batchnorm")
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def assert_each_cell_finished_once(tmp_path):
+    finished = [t.user_attrs["cell"] for t in trials(tmp_path) if t.state.name == "COMPLETE"]
+    assert sorted(finished) == sorted(CELLS)
+    runs = cell_runs(tmp_path)
+    done = [r.info.run_name for r in runs if r.data.tags.get("ablate.role") == "cell" and r.info.status == "FINISHED"]
+    assert sorted(done) == sorted(CELLS)
+    assert len([r for r in runs if r.data.tags.get("ablate.role") == "parent"]) == 1
+    return runs
+
+
+def ready_to_kill(db: Path) -> bool:
+    """One trial COMPLETE and one RUNNING with its MLflow run id set.
+
+    Read with sqlite3 in read-only mode: opening the file with Optuna while the worker creates
+    the schema would race it (both run Alembic's migrations).
+    """
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            states = {s for (s,) in con.execute("SELECT state FROM trials")}
+            tracked = con.execute(
+                "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                "WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'"
+            ).fetchone()[0]
+    except sqlite3.Error:  # schema not there yet
+        return False
+    return "COMPLETE" in states and tracked > 0
+
+
+def wait_until_mid_cell(proc, tmp_path: Path, log: str) -> None:
+    """Return once ``proc`` has finished one cell and is training the next; fail if it never does."""
+    deadline = time.monotonic() + 300
+    while not ready_to_kill(tmp_path / "optuna.db"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no cell finished in time:\n" + (tmp_path / log).read_text())
+        time.sleep(0.3)
+
+
+@pytest.mark.e2e
+def test_two_workers_share_the_queue_and_train_each_cell_once(tmp_path, real_archive):
+    proc = ablate("run", STUDY, "--profile", "smoke", "--workers", "2", "--no-report", *stores(tmp_path))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "trained 6 cell(s)" in out
+    assert out.count("worker ") == 2  # both workers reported
+    assert_each_cell_finished_once(tmp_path)
+    pids = {t.user_attrs.get("worker") for t in trials(tmp_path)}
+    assert len(pids) == 2  # the work really was shared
+
+
+@pytest.mark.e2e
+def test_sigkill_mid_cell_then_rerun_completes_every_cell_once(tmp_path, real_archive):
+    env = {**os.environ, "ABLATE_HEARTBEAT_GRACE": "4"}
+    args = ["run", STUDY, "--profile", "smoke", "--set", "train.epochs=3", "--no-report", *stores(tmp_path)]
+    proc = ablate(*args, env=env, log=tmp_path / "killed.log")
+    wait_until_mid_cell(proc, tmp_path, "killed.log")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = [t for t in trials(tmp_path) if t.state.name == "RUNNING"]
+    assert len(killed) == 1  # its trial is left RUNNING: nobody could tell Optuna
+
+    time.sleep(5)  # let the heartbeat go stale
+    again = ablate(*args, env=env)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    runs = assert_each_cell_finished_once(tmp_path)
+    dead = [r for r in runs if r.info.run_id == killed[0].user_attrs["mlflow_run_id"]]
+    assert dead[0].info.status == "FAILED" and "no heartbeat" in dead[0].data.tags["ablate.failure"]
+
+
+@pytest.mark.e2e
+def test_search_with_two_workers_holds_the_cap_and_logs_best_config_and_plots(tmp_path, real_archive):
+    study = str(ROOT / "studies" / "search_lr.yaml")
+    proc = ablate("run", study, "--profile", "smoke", "--workers", "2", *stores(tmp_path))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "3 of 3 finished" in out and "best config" in out
+    finished = [t for t in trials(tmp_path) if t.state.name == "COMPLETE"]
+    assert len(finished) == 3  # the cap holds across both workers: no fourth trial
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("search_lr")
+    parents = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("ablate.role") == "parent"]
+    assert len(parents) == 1
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"best_config.yaml", "optimization_history.png", "param_importances.png"} <= logged
+
+
+@pytest.mark.e2e
+def test_ctrl_c_marks_the_run_killed_keeps_finished_cells_and_says_how_to_resume(tmp_path, real_archive):
+    args = ["run", STUDY, "--profile", "smoke", "--set", "train.epochs=3", "--no-report", *stores(tmp_path)]
+    proc = ablate(*args, log=tmp_path / "interrupted.log")
+    wait_until_mid_cell(proc, tmp_path, "interrupted.log")
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert proc.wait(timeout=120) == 130
+    out = (tmp_path / "interrupted.log").read_text()
+    assert "resume with: ablate run" in out and "--profile smoke" in out
+    by_state = {}
+    for t in trials(tmp_path):
+        by_state.setdefault(t.state.name, []).append(t)
+    assert "RUNNING" not in by_state and by_state["COMPLETE"]  # nothing left dangling, finished work kept
+    interrupted = by_state["FAIL"][0].user_attrs["mlflow_run_id"]
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(interrupted)
+    assert run.info.status == "KILLED"
