@@ -70,11 +70,11 @@ from tqdm import tqdm
 
 from ablations.factors import level_label
 from ablations.plots import learning_curves
+from ablations.runner import MlflowEpochs, splits_for
 from ablations.search import GRACE_S, rdb_storage
 from ablations.study import Cell, SearchSpec, Study
 from ablations.tracking import TAG, Tracker, git_commit
-from core.config import ConfigError, DataConfig, RunConfig, apply_overrides, config_hash, flatten
-from core.data import Splits, load_splits
+from core.config import ConfigError, RunConfig, apply_overrides, config_hash, flatten
 from core.train import Callback, DivergedError, FitResult, fit, resolve_config
 
 __all__ = [
@@ -273,14 +273,6 @@ class PruningCallback(Callback):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
 
-class _MlflowEpochs(Callback):
-    def __init__(self, tracker: Tracker, run_id: str) -> None:
-        self.tracker, self.run_id = tracker, run_id
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics(self.run_id, metrics, step=epoch)
-
-
 class _EpochBar(Callback):
     """A tqdm bar per trial: epochs, last validation accuracy."""
 
@@ -414,13 +406,6 @@ class _TrialFailed(Exception):
     """A trial that ends FAIL and the search goes on (diverged, invalid config, over the cap)."""
 
 
-def _splits_for(cfg: DataConfig, cache: dict) -> Splits:
-    key = cfg.model_dump_json()
-    if key not in cache:
-        cache[key] = load_splits(cfg)
-    return cache[key]
-
-
 def _value(metric: str, result: FitResult) -> float:
     """The trial's value: the study metric (test metrics of the best-validation weights, else its best epoch)."""
     if metric.startswith("test"):
@@ -502,7 +487,7 @@ def run_search(
     if study.search is None:
         raise ValueError(f"study {study.name} has no search block")
     cache: dict = {}
-    _splits_for(study.config.data, cache)  # fail on missing data before anything is logged
+    splits_for(study.config.data, cache)  # fail on missing data before anything is logged
     tracker = Tracker(tracking_uri)
     exp_id = _experiment(tracker, study.name)
     summary = SearchSummary(study.name, study.profile, study.metric.name, study.metric.direction, study.seeds[0])
@@ -665,7 +650,7 @@ class _Search:
         pruning = PruningCallback(trial, self.study.metric.name)
         bar = _EpochBar(label, self.progress)
         try:
-            result = fit(cfg, _splits_for(cfg.data, self.cache), [_MlflowEpochs(self.tracker, run_id), pruning, bar])
+            result = fit(cfg, splits_for(cfg.data, self.cache), [MlflowEpochs(self.tracker, run_id), pruning, bar])
             value = _value(self.study.metric.name, result)
             self._log_result(run_id, label, result, value)
         except optuna.TrialPruned:

@@ -29,7 +29,7 @@ from core.config import DataConfig, RunConfig, config_hash, flatten
 from core.data import Splits, load_splits
 from core.train import Callback, DivergedError, FitResult, fit
 
-__all__ = ["RunSummary", "RunnerError", "join_study", "run_study", "run_workers"]
+__all__ = ["MlflowEpochs", "RunSummary", "RunnerError", "join_study", "run_study", "run_workers", "splits_for"]
 
 
 @dataclass
@@ -44,7 +44,9 @@ class RunSummary:
     parent_run_id: str = ""
 
 
-class _MlflowEpochs(Callback):
+class MlflowEpochs(Callback):
+    """Log each epoch's metrics (``train_loss``, ``val_acc``, ...) to MLflow run ``run_id`` at step = epoch."""
+
     def __init__(self, tracker: Tracker, run_id: str) -> None:
         self.tracker, self.run_id = tracker, run_id
 
@@ -89,7 +91,12 @@ class _Progress(Callback):
             self.bar.close()
 
 
-def _splits_for(cfg: DataConfig, cache: dict) -> Splits:
+def splits_for(cfg: DataConfig, cache: dict) -> Splits:
+    """The splits of ``cfg`` from ``cache`` (keyed by the data config), loaded on first use.
+
+    Raises:
+        core.data.DataError: the data set cannot be loaded.
+    """
     key = cfg.model_dump_json()
     if key not in cache:
         cache[key] = load_splits(cfg)
@@ -113,7 +120,7 @@ class _Session:
     def __init__(self, study: Study, tracking_uri: str | None, storage: str | None, create: bool) -> None:
         self.study, self.data_cache = study, {}
         self.by_key = {c.key: c for c in study.cells()}
-        _splits_for(study.config.data, self.data_cache)  # fail on missing data before anything is logged
+        splits_for(study.config.data, self.data_cache)  # fail on missing data before anything is logged
         self.tracker = Tracker(tracking_uri)
         self.ostudy, self.storage = open_study(study, storage, on_stale=self._stale)
         self.tags = {
@@ -350,10 +357,10 @@ def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progres
     trial.set_user_attr("mlflow_run_id", run_id)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     bar = _Progress(label) if progress else None
-    callbacks = [_MlflowEpochs(tracker, run_id)] + ([bar] if bar else [])
+    callbacks = [MlflowEpochs(tracker, run_id)] + ([bar] if bar else [])
     try:
         with Heartbeat(session.storage, trial._trial_id):  # Optuna's storage API needs the trial id
-            result = fit(cfg, _splits_for(cfg.data, session.data_cache), callbacks)
+            result = fit(cfg, splits_for(cfg.data, session.data_cache), callbacks)
             _log_result(tracker, run_id, cell, result)
     except DivergedError as exc:
         reason = f"{cell.key}: {exc}"

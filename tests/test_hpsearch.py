@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 import ablations.hpsearch as hpsearch
+import ablations.runner as runner
 from ablations.cli import main
 from ablations.report import load_search, render_search
 from ablations.study import StudyError, load_study, parse_sets
@@ -216,7 +217,7 @@ def env(tmp_path, monkeypatch, empty_stores):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("ABLATE_OPTUNA_STORAGE", raising=False)
-    monkeypatch.setattr(hpsearch, "load_splits", lambda cfg: tiny_splits())
+    monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())  # splits_for lives in the runner
     _fresh_stores(tmp_path, empty_stores)
     return tmp_path
 
