@@ -9,7 +9,7 @@
 _pg_bin() {
   local initdb
   initdb=$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
-  [ -n "$initdb" ] && dirname "$(readlink -f "$initdb")"
+  if [ -n "$initdb" ]; then dirname "$(readlink -f "$initdb")"; fi  # a plain `&&` would trip `set -e`
 }
 
 _free_port() {
