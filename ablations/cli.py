@@ -285,9 +285,12 @@ def report(
     if study.endswith((".yaml", ".yml")):
         spec = _load(Path(study), None, ())
         study = spec.name
-    from ablations.report import load_search, render_search, search_plots, write_search
+    from ablations.report import ReportError, load_search, render_search, search_plots, write_search
 
-    search = load_search(study, tracking_uri, profile)
+    try:
+        search = load_search(study, tracking_uri, profile)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
     if search is not None:  # a hyperparameter search: its trials sorted by value and the best config
         if output:
             for path in write_search(search, fmt, output):
@@ -298,6 +301,49 @@ def report(
             click.echo(f"wrote {path}")
         return
     _print_report(study, tracking_uri, profile, fmt, output, alpha, effect=effect, plots=plots, spec=spec)
+
+
+@main.command("runs")
+@click.argument("study")
+@click.option("--profile", default=None, help="List this profile's runs (default: the newest).")
+@tracking_option
+def runs_cmd(study: str, profile: str | None, tracking_uri: str | None) -> None:
+    """The finished runs of STUDY (its name, or its file): arm, seed, study metric and MLflow run ID.
+
+    The run IDs are what ``ablate evaluate`` and ``ablate predict --run`` take.
+    """
+    from tabulate import tabulate
+
+    from ablations.report import ReportError, load_runs, load_search
+
+    if study.endswith((".yaml", ".yml")):
+        study = _load(Path(study), None, ()).name
+    try:
+        search = load_search(study, tracking_uri, profile)
+        sr = None if search is not None else load_runs(study, tracking_uri, profile)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    if search is not None:  # a hyperparameter search: its trials, best first
+        for a in search.arms:
+            click.echo(f"search {study}{f' [{a.arm}]' if a.arm else ''}, parent run {a.parent_run_id}")
+            cols = ["number", "state", "value", "run_id"]
+            table = a.trials[cols].astype(object).where(a.trials[cols].notna(), "") if not a.trials.empty else []
+            click.echo(tabulate(table, headers=["trial", "state", search.metric, "run id"], showindex=False))
+        return
+    click.echo(f"study {sr.study}, profile {sr.profile}, parent run {sr.parent_run_id}")
+    if sr.runs.empty:
+        click.echo("no finished runs yet")
+        return
+
+    def file_order(r: dict) -> tuple:  # arms in the order of the study file's levels, then seeds
+        levels = [sr.factors[f].index(r[f]) if r.get(f) in sr.factors[f] else len(sr.factors[f]) for f in sr.factors]
+        return (*levels, r["seed"])
+
+    rows = sorted(sr.runs.to_dict("records"), key=file_order)
+    table = [[r["arm"], r["seed"], f"{r.get(sr.metric, float('nan')):.4f}", r["run_id"]] for r in rows]
+    click.echo(tabulate(table, headers=["arm", "seed", sr.metric, "run id"], disable_numparse=True))
+    if sr.failed:
+        click.echo(f"and {sr.failed} failed or killed run(s): `ablate report {sr.study}` lists them")
 
 
 def _print_report(

@@ -95,9 +95,12 @@ def load_run(run_id: str, tracking_uri: str | None = None, device: str = "auto")
     """
     from mlflow.exceptions import MlflowException
 
-    from ablations.tracking import Tracker
+    from ablations.tracking import StoreNotFoundError, Tracker
 
-    tracker = Tracker(tracking_uri)
+    try:
+        tracker = Tracker(tracking_uri, create=False)
+    except StoreNotFoundError as exc:
+        raise InferenceError(str(exc)) from None
     try:
         run = tracker.client.get_run(run_id)
     except MlflowException:

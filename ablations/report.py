@@ -44,7 +44,7 @@ import yaml
 from ablations import stats
 from ablations.factors import level_label
 from ablations.stats import MIN_SEEDS, Contrast
-from ablations.tracking import TAG, Tracker
+from ablations.tracking import TAG, StoreNotFoundError, Tracker
 
 __all__ = [
     "FORMATS",
@@ -112,6 +112,14 @@ class StudyRuns:
 _BUDGET_KEYS = ("train.epochs", "data.train_subset", "data.test_subset")
 
 
+def _reader(tracking_uri: str | None) -> Tracker:
+    """A :class:`Tracker` on an existing store (a report never creates one); :class:`ReportError` if missing."""
+    try:
+        return Tracker(tracking_uri, create=False)
+    except StoreNotFoundError as exc:
+        raise ReportError(str(exc)) from None
+
+
 def load_runs(study: str, tracking_uri: str | None = None, profile: str | None = None) -> StudyRuns:
     """Read the newest parent run of ``study`` (optionally of one profile) and its children.
 
@@ -125,9 +133,9 @@ def load_runs(study: str, tracking_uri: str | None = None, profile: str | None =
         run's ``config.yaml`` (defaults when it predates them).
 
     Raises:
-        ReportError: the experiment or parent run is missing.
+        ReportError: the store, the experiment or the parent run is missing.
     """
-    tracker = Tracker(tracking_uri)
+    tracker = _reader(tracking_uri)
     parents = [p for p in tracker.parents(study) if profile is None or p.data.tags.get(f"{TAG}profile") == profile]
     if not parents:
         raise ReportError(
@@ -1023,8 +1031,11 @@ def load_search(study: str, tracking_uri: str | None = None, profile: str | None
     Returns:
         The :class:`SearchRuns` (every arm's parent run and trial runs), or ``None`` when the
         study's newest parent run is not a search (an ordinary study, or none at all).
+
+    Raises:
+        ReportError: there is no MLflow store at ``tracking_uri``.
     """
-    tracker = Tracker(tracking_uri)
+    tracker = _reader(tracking_uri)
     parents = [p for p in tracker.parents(study) if profile is None or p.data.tags.get(f"{TAG}profile") == profile]
     if not parents or parents[0].data.tags.get(f"{TAG}search") != "true":
         return None

@@ -18,19 +18,36 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "git_commit", "resolve_tracking_uri"]
+__all__ = ["DEFAULT_TRACKING_URI", "StoreNotFoundError", "Tracker", "git_commit", "resolve_tracking_uri"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG = "ablate."  # prefix of this project's tags
 
 
-def resolve_tracking_uri(uri: str | None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the project default (directory created)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    return absolute_sqlite(uri)
+class StoreNotFoundError(LookupError):
+    """A command that only reads runs was pointed at an SQLite store that does not exist."""
 
 
-def absolute_sqlite(url: str) -> str:
+def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the project default.
+
+    Args:
+        uri: an MLflow tracking URI or ``None``.
+        create: create the folder of an SQLite store; when ``False`` the database file must exist.
+
+    Raises:
+        StoreNotFoundError: ``create`` is ``False`` and the SQLite database file is missing.
+    """
+    uri = absolute_sqlite(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI, mkdir=create)
+    if not create and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise StoreNotFoundError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: run ablate in the folder where `ablate run` "
+            "made mlruns/, or pass --tracking-uri (or set MLFLOW_TRACKING_URI)"
+        )
+    return uri
+
+
+def absolute_sqlite(url: str, mkdir: bool = True) -> str:
     """Make a relative ``sqlite:///path`` absolute (from the working directory) and create its folder.
 
     Absolute, because MLflow and SQLAlchemy cache stores by URL: a relative one
@@ -39,7 +56,8 @@ def absolute_sqlite(url: str) -> str:
     if not url.startswith("sqlite:///"):
         return url
     path = Path(url.removeprefix("sqlite:///")).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
 
@@ -57,16 +75,21 @@ class Tracker:
 
     Args:
         tracking_uri: see :func:`resolve_tracking_uri`.
+        create: ``False`` for commands that only read runs: an SQLite store must exist already
+            (nothing is created in the working directory).
+
+    Raises:
+        StoreNotFoundError: ``create`` is ``False`` and the SQLite store is missing.
     """
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+    def __init__(self, tracking_uri: str | None = None, create: bool = True) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the terminal for ours
         from mlflow import MlflowClient  # slow import: only when tracking
 
         # MLflow and alembic log at INFO when they create tables; keep the terminal for progress.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.uri = resolve_tracking_uri(tracking_uri)
+        self.uri = resolve_tracking_uri(tracking_uri, create)
         self.client = MlflowClient(self.uri)
 
     def _artifact_root(self, study: str) -> str | None:

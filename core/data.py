@@ -275,7 +275,10 @@ def _detect(path: Path, download: bool) -> tuple[str, Path]:
     if not path.exists():
         if download:
             return "torchvision", _download(path)
-        raise DataError(f"{path} does not exist. Expected {_LAYOUTS}. {_FIX_SOURCE}.")
+        raise DataError(
+            f"{path} does not exist. Expected {_LAYOUTS}. {_FIX_SOURCE}, "
+            "or set data.download=true to fetch the torchvision format there (needs internet)."
+        )
     if path.is_file():
         if path.name.lower().endswith((".tar.gz", ".tgz")):
             return "archive", path

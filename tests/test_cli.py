@@ -90,6 +90,10 @@ def test_run_then_report_then_nothing_to_do(workdir, real_archive):
     assert csv.exit_code == 0, csv.output
     lines = (workdir / "table.csv").read_text().splitlines()
     assert lines[0].startswith("arm,batchnorm,n,mean,std,ci_low,ci_high,diff") and len(lines) == 3
+    listed = runner.invoke(main, ["runs", "batchnorm"]).output.splitlines()  # the run IDs evaluate/predict take
+    assert listed[0].startswith("study batchnorm, profile smoke, parent run ") and len(listed) == 3 + 6
+    assert listed[3].split()[:2] == ["batchnorm=true", "0"]  # in the file's level order, then by seed
+    assert any(line.split()[:2] == ["batchnorm=false", "1"] and run.info.run_id in line for line in listed)
     # evaluate and predict use a finished run's checkpoint and config
     ev = runner.invoke(main, ["evaluate", run.info.run_id, "--output", "eval"])
     assert ev.exit_code == 0, ev.output
@@ -108,6 +112,13 @@ def test_run_then_report_then_nothing_to_do(workdir, real_archive):
 
 
 def test_report_of_unknown_study_is_a_clear_error(workdir):
+    from ablations.tracking import Tracker
+
+    for cmd in (["report", "nosuchstudy"], ["runs", "nosuchstudy"], ["predict", "x.png", "--run", "abc"]):
+        out = CliRunner().invoke(main, cmd)  # reading commands create no store where there is none
+        assert out.exit_code == 1 and f"no MLflow store at {workdir}/mlruns/mlflow.db" in out.output, out.output
+    assert not (workdir / "mlruns").exists()
+    Tracker().experiment("other")  # a store with another study in it
     out = CliRunner().invoke(main, ["report", "nosuchstudy"])
     assert out.exit_code == 1 and "no study 'nosuchstudy'" in out.output
 

@@ -402,6 +402,9 @@ def test_cli_runs_a_search_and_reports_its_trials(env):
     assert csv.exit_code == 0, csv.output
     assert (env / "t.csv").read_text().startswith("arm,number,state,value,test_acc,run_id,note,optim.lr")
     assert (env / "p" / "optimization_history.png").exists()
+    runs = runner.invoke(main, ["runs", "tiny"])  # the trials' run IDs, for evaluate/predict
+    assert runs.exit_code == 0, runs.output
+    assert runs.output.startswith("search tiny, parent run ") and runs.output.count(" complete ") == 2
 
 
 # --------------------------------------------------------------------------------------------- end to end

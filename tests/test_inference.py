@@ -64,5 +64,8 @@ def test_evaluate_cli_with_checkpoint_needs_data_or_says_so(tmp_path, checkpoint
 def test_predict_unknown_run_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    from ablations.tracking import Tracker
+
+    Tracker().experiment("some study")  # the project store exists, the run does not
     out = CliRunner().invoke(main, ["predict", "x.png", "--run", "deadbeef"])
     assert out.exit_code == 1 and "no run 'deadbeef'" in out.output
