@@ -7,6 +7,7 @@ touches Optuna, ``--storage`` (default ``sqlite:///mlruns/optuna.db``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -292,15 +293,25 @@ def report(
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     if search is not None:  # a hyperparameter search: its trials sorted by value and the best config
-        if output:
-            for path in write_search(search, fmt, output):
+        with _writing():
+            if output:
+                for path in write_search(search, fmt, output):
+                    click.echo(f"wrote {path}")
+            else:
+                click.echo(render_search(search, fmt), nl=False)
+            for path in search_plots(search, plots) if plots else []:
                 click.echo(f"wrote {path}")
-        else:
-            click.echo(render_search(search, fmt), nl=False)
-        for path in search_plots(search, plots) if plots else []:
-            click.echo(f"wrote {path}")
         return
     _print_report(study, tracking_uri, profile, fmt, output, alpha, effect=effect, plots=plots, spec=spec)
+
+
+@contextlib.contextmanager
+def _writing():
+    """Turn a file that cannot be written (``--output``, ``--plots``) into an error that names it."""
+    try:
+        yield
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or ''}: {exc.strerror or exc}") from None
 
 
 @main.command("runs")
@@ -368,13 +379,14 @@ def _print_report(
         rep = build_report(runs, alpha, effect)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
-    if output:
-        for path in write_report(rep, fmt, output):
-            click.echo(f"wrote {path}")
-    else:
-        click.echo(render(rep, fmt), nl=False)
+    with _writing():
+        if output:
+            for path in write_report(rep, fmt, output):
+                click.echo(f"wrote {path}")
+        else:
+            click.echo(render(rep, fmt), nl=False)
+        paths = write_plots(rep, plots) if plots else []
     if plots:
-        paths = write_plots(rep, plots)
         for path in paths:
             click.echo(f"wrote {path} (logged to parent run {rep.runs.parent_run_id} as report/{path.name})")
         if "per_class.png" not in {p.name for p in paths}:

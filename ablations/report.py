@@ -763,6 +763,7 @@ def write_report(r: Report, fmt: str, path: Path) -> list[Path]:
         OSError: a file cannot be written.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt != "csv":
         path.write_text(render(r, fmt))
         return [path]
@@ -1281,8 +1282,13 @@ def _search_json(sr: SearchRuns) -> dict:
 
 
 def write_search(sr: SearchRuns, fmt: str, path: Path) -> list[Path]:
-    """Write :func:`render_search` to ``path``; returns the files written."""
+    """Write :func:`render_search` to ``path`` (its folder created); returns the files written.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_search(sr, fmt))
     return [path]
 

@@ -86,9 +86,9 @@ def test_run_then_report_then_nothing_to_do(workdir, real_archive):
     assert "trained 0 cell(s), 6 already finished" in again.output
     assert len(client.search_runs([exp.experiment_id])) == 7  # no new runs
 
-    csv = runner.invoke(main, ["report", "batchnorm", "--format", "csv", "--output", "table.csv"])
-    assert csv.exit_code == 0, csv.output
-    lines = (workdir / "table.csv").read_text().splitlines()
+    csv = runner.invoke(main, ["report", "batchnorm", "--format", "csv", "--output", "new/table.csv"])
+    assert csv.exit_code == 0, csv.output  # the output's folder is created
+    lines = (workdir / "new" / "table.csv").read_text().splitlines()
     assert lines[0].startswith("arm,batchnorm,n,mean,std,ci_low,ci_high,diff") and len(lines) == 3
     listed = runner.invoke(main, ["runs", "batchnorm"]).output.splitlines()  # the run IDs evaluate/predict take
     assert listed[0].startswith("study batchnorm, profile smoke, parent run ") and len(listed) == 3 + 6
@@ -107,6 +107,9 @@ def test_run_then_report_then_nothing_to_do(workdir, real_archive):
     assert pred.exit_code == 0, pred.output
     assert pred.output.startswith("red.png: ") and "  3. " in pred.output
 
+    (workdir / "file").write_text("")
+    blocked = runner.invoke(main, ["report", "batchnorm", "--output", "file/table.txt"])
+    assert blocked.exit_code == 1 and "cannot write file: " in blocked.output, blocked.output
     md = runner.invoke(main, ["report", "batchnorm", "--format", "markdown"])
     assert md.output.count("| batchnorm") == 1 and "|---" in md.output.replace(":", "-")
 
