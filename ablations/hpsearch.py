@@ -406,13 +406,6 @@ class _TrialFailed(Exception):
     """A trial that ends FAIL and the search goes on (diverged, invalid config, over the cap)."""
 
 
-def _value(metric: str, result: FitResult) -> float:
-    """The trial's value: the study metric (test metrics of the best-validation weights, else its best epoch)."""
-    if metric.startswith("test"):
-        return float(result.test[metric])
-    return float(result.history[result.best_epoch - 1][metric])
-
-
 def _open(study: Study, name: str, storage: str | None, on_stale: Callable[[FrozenTrial], None]) -> optuna.Study:
     rdb = rdb_storage(storage, lambda _study, trial: on_stale(trial))
     search = study.search
@@ -651,7 +644,7 @@ class _Search:
         bar = _EpochBar(label, self.progress)
         try:
             result = fit(cfg, splits_for(cfg.data, self.cache), [MlflowEpochs(self.tracker, run_id), pruning, bar])
-            value = _value(self.study.metric.name, result)
+            value = result.value(self.study.metric.name)  # test_* of the kept weights, else its epoch
             self._log_result(run_id, label, result, value)
         except optuna.TrialPruned:
             reason = f"pruned at epoch {pruning.pruned_at}"
@@ -694,7 +687,7 @@ class _Search:
     def _log_result(self, run_id: str, label: str, result: FitResult, value: float) -> None:
         self.tracker.log_metrics(
             run_id,
-            {**result.test, "best_epoch": result.best_epoch, "fit_seconds": result.seconds, "trial_value": value},
+            {**result.final_metrics(), "trial_value": value},
             step=len(result.history),
         )
         self.tracker.log_config(run_id, result.config.model_dump(mode="json"))

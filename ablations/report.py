@@ -264,7 +264,8 @@ class Report:
 
 
 def _is_accuracy(metric: str) -> bool:
-    return metric.endswith(("acc", "top3"))
+    """Accuracies and differences of accuracies: fractions, shown in percent (points)."""
+    return metric.endswith(("acc", "top3", "acc_gap"))
 
 
 def _arms(factors: dict[str, list[str]]) -> list[tuple[str, dict[str, str]]]:

@@ -106,7 +106,7 @@ def splits_for(cfg: DataConfig, cache: dict) -> Splits:
 def _log_result(tracker: Tracker, run_id: str, cell: Cell, result: FitResult) -> None:
     tracker.log_metrics(
         run_id,
-        {**result.test, "best_epoch": result.best_epoch, "fit_seconds": result.seconds},
+        result.final_metrics(),
         step=len(result.history),
     )
     tracker.log_config(run_id, result.config.model_dump(mode="json"))
@@ -383,7 +383,7 @@ def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progres
             bar.close()
     tracker.end(run_id)
     metric = study.metric.name
-    value = result.test[metric] if metric.startswith("test") else result.history[result.best_epoch - 1][metric]
+    value = result.value(metric)
     ostudy.tell(trial, value)
     summary.trained.append(cell.key)
     summary.values[cell.key] = value

@@ -40,6 +40,8 @@ from core.models import resolve_model_config
 __all__ = ["Cell", "Claim", "SearchSpec", "Study", "StudyError", "load_study"]
 
 METRICS = ("test_acc", "test_top3", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
+# A claim may also be about overfitting: train top-1 minus test top-1 (``core.train.FitResult.final_metrics``).
+CLAIM_METRICS = (*METRICS, "train_test_acc_gap")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _YAML11_BOOLS = {"on", "off", "yes", "no", "y", "n"}
 
@@ -92,7 +94,7 @@ class Claim(BaseModel):
     text: str
     treatment: dict[str, Any] = Field(min_length=1)
     control: dict[str, Any] = Field(min_length=1)
-    metric: Literal[METRICS] | None = None  # type: ignore[valid-type]  # None: the study's metric
+    metric: Literal[CLAIM_METRICS] | None = None  # type: ignore[valid-type]  # None: the study's metric
     direction: Literal["increase", "decrease"]
     min_effect: float | None = Field(default=None, gt=0)
 

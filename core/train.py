@@ -91,6 +91,33 @@ class FitResult:
     device: str
     seconds: float
 
+    def final_metrics(self) -> dict[str, float]:
+        """The run's end-of-run numbers, as tracking logs them.
+
+        Returns:
+            :attr:`test`, ``best_epoch``, ``fit_seconds`` and ``train_test_acc_gap``: top-1 on the
+            training batches in the kept epoch (augmented, in train mode) minus test top-1 of the
+            kept weights, a fraction in [-1, 1]; the larger it is, the more the model overfits
+            (seed 002 compares ResNet-18 and its CNN by such a gap).
+        """
+        train_acc = self.history[self.best_epoch - 1]["train_acc"]
+        return {
+            **self.test,
+            "best_epoch": self.best_epoch,
+            "fit_seconds": self.seconds,
+            "train_test_acc_gap": train_acc - self.test["test_acc"],
+        }
+
+    def value(self, metric: str) -> float:
+        """One number for ``metric``: a final metric (``test_*``, ``train_test_acc_gap``) or the
+        per-epoch metric (``val_acc``, ``train_loss``, ...) of the kept epoch.
+
+        Raises:
+            KeyError: no such metric.
+        """
+        final = self.final_metrics()
+        return float(final[metric] if metric in final else self.history[self.best_epoch - 1][metric])
+
 
 def select_device(name: str) -> torch.device:
     """``auto`` -> CUDA if available, then Apple MPS, then CPU; else ``torch.device(name)``."""

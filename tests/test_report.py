@@ -327,6 +327,39 @@ def test_batchnorm_study_carries_seed_000s_claim():
     assert claim.direction == "increase" and claim.min_effect == 1.4 and "1.4%" in claim.text
 
 
+@pytest.mark.parametrize(
+    "study, treatment, control, metric, direction",
+    [
+        ("rotation", {"rotation": 10}, {"rotation": 0}, None, "decrease"),
+        ("first_pool", {"first_pool": True}, {"first_pool": False}, None, "decrease"),
+        ("dropout", {"dropout": "conv"}, {"dropout": "fc"}, None, "decrease"),
+        ("scheduler", {"scheduler": "step"}, {"scheduler": "none"}, None, "increase"),
+        ("cnn_vs_resnet", {"model": "resnet18"}, {"model": "cnn_s002"}, None, "increase"),
+        ("cnn_vs_resnet", {"model": "resnet18"}, {"model": "cnn_s002"}, "train_test_acc_gap", "increase"),
+    ],
+)
+def test_factor_studies_carry_the_seeds_claims(study, treatment, control, metric, direction):
+    from ablations.study import load_study
+
+    claims = load_study(Path(__file__).parents[1] / "studies" / f"{study}.yaml").claims
+    assert any(
+        c.treatment == treatment
+        and c.control == control
+        and c.metric in (metric, metric or "test_acc")
+        and c.direction == direction
+        for c in claims
+    ), claims
+
+
+def test_overfitting_claim_is_judged_on_the_train_test_gap_in_points():
+    gap = {**BN_CLAIM, "metric": "train_test_acc_gap", "min_effect": None, "text": "stronger overfitting"}
+    sr = runs({"true": [0.55, 0.60, 0.52, 0.58], "false": [0.51, 0.55, 0.53, 0.50]}, claims=[gap])
+    sr.runs["train_test_acc_gap"] = [0.10, 0.12, 0.11, 0.13, 0.02, 0.03, 0.01, 0.04]  # true overfits by ~9 pp
+    claim = build_report(sr).claims.iloc[0]
+    assert claim["metric"] == "train_test_acc_gap" and claim["verdict"] == "supported"
+    assert claim["estimate"] == pytest.approx(9.0) and "pp" in render(build_report(sr))
+
+
 # ----------------------------------------------------------------------------- MLflow round trip
 
 

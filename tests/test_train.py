@@ -36,6 +36,12 @@ def test_fit_reports_every_epoch_and_test_metrics():
     assert 0 <= result.test["test_acc"] <= result.test["test_top3"] <= 1
     assert result.best_epoch in (1, 2) and result.config.model.widths == (32, 64, 128, 256)
     assert all(t.device.type == "cpu" for t in result.state_dict.values())
+    final = result.final_metrics()  # what tracking logs at the end
+    kept = rec.epochs[result.best_epoch - 1][1]
+    assert final["train_test_acc_gap"] == pytest.approx(kept["train_acc"] - result.test["test_acc"])
+    assert result.value("val_acc") == kept["val_acc"] and result.value("test_acc") == result.test["test_acc"]
+    with pytest.raises(KeyError):
+        result.value("no_such_metric")
 
 
 def test_same_seed_same_result_different_seed_differs():
