@@ -459,8 +459,13 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         _check_factor(path, cfg, name, fspec)
     try:
         resolve_model_config(cfg.model)
-    except ConfigError as exc:
-        raise StudyError(path, "base", str(exc)) from None
+    except ConfigError as exc:  # name the layer that set the model key: --set, then the profile, then base
+        keys = [k for k in merged if k.startswith("model.")]
+        where = next(
+            (w for w, ov in (("--set", set_cfg), (f"profiles.{profile}", profile_cfg)) if any(k in ov for k in keys)),
+            "base",
+        )
+        raise StudyError(path, where, str(exc)) from None
     search = None
     if spec.search is not None:
         budget = {**base_search, **profile_search, **set_search}

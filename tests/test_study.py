@@ -78,6 +78,14 @@ def test_bad_files_name_file_and_key(tmp_path, old, new, message):
     assert str(path) in str(info.value)
 
 
+def test_a_bad_model_from_set_names_set_not_base(tmp_path):
+    path = write(tmp_path, GOOD)
+    with pytest.raises(StudyError, match=r": --set: unknown model 'vgg99'"):
+        load_study(path, "smoke", parse_sets(["model.name=vgg99"]))
+    with pytest.raises(StudyError, match=r": base: unknown model 'vgg99'"):
+        load_study(write(tmp_path, GOOD.replace("model.name: cnn4", "model.name: vgg99")), "smoke")
+
+
 def test_unknown_profile_lists_profiles(tmp_path):
     with pytest.raises(StudyError, match="no profile 'fast'; this file has: smoke"):
         load_study(write(tmp_path, GOOD), "fast")
