@@ -681,7 +681,9 @@ def _display(r: Report, md: bool = False, term: bool = False) -> dict[str, pd.Da
             "claim": c["claim"],
             "source": c["source"],
             "claimed": [
-                f"{_code(t, md)}{sep}vs {_code(k, md)}{sep if term else ': '}{d}"
+                f"{_code(t, md)}{sep}vs {_code(k, md)}{sep if term else ': '}"
+                + (f"{_code(met, md)} " if met != r.runs.metric else "")  # a claim about another metric names it
+                + d
                 + (f" >= {m:g}{_du(_scale(met))}" if m is not None and m == m else "")
                 for t, k, d, m, met in zip(
                     c["treatment"], c["control"], c["direction"], c["min_effect"], c["metric"], strict=True

@@ -358,6 +358,7 @@ def test_overfitting_claim_is_judged_on_the_train_test_gap_in_points():
     claim = build_report(sr).claims.iloc[0]
     assert claim["metric"] == "train_test_acc_gap" and claim["verdict"] == "supported"
     assert claim["estimate"] == pytest.approx(9.0) and "pp" in render(build_report(sr))
+    assert "`train_test_acc_gap` increase" in render(build_report(sr), "markdown")  # the claim names its metric
 
 
 # ----------------------------------------------------------------------------- MLflow round trip
