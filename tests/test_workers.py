@@ -21,7 +21,14 @@ def ablate(*args, env=None, log=None):
     """Start ``ablate ARGS``; output to ``log`` (a file nobody has to drain) or a pipe."""
     out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "ablations.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "ablations.cli", *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and Python then installs
+        # no KeyboardInterrupt handler: give the child the terminal's default, as a user's shell would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
