@@ -178,7 +178,7 @@ def _run_search(
             Tracker(tracking_uri).experiment(study.name)
             rdb_storage(storage)
             run_workers(workers, worker_args)
-        click.echo(summary_text(run_search(study, tracking_uri, storage)), nl=False)
+        click.echo(summary_text(run_search(study, tracking_uri, storage), workers), nl=False)
     except DataError as exc:
         raise click.ClickException(f"{exc}") from None
     except KeyboardInterrupt:
@@ -294,15 +294,20 @@ def report(
         raise click.ClickException(str(exc)) from None
     if search is not None:  # a hyperparameter search: its trials sorted by value and the best config
         with _writing():
-            if output:
-                for path in write_search(search, fmt, output):
-                    click.echo(f"wrote {path}")
-            else:
-                click.echo(render_search(search, fmt), nl=False)
+            _emit(output, lambda: render_search(search, fmt), lambda: write_search(search, fmt, output))
             for path in search_plots(search, plots) if plots else []:
                 click.echo(f"wrote {path}")
         return
     _print_report(study, tracking_uri, profile, fmt, output, alpha, effect=effect, plots=plots, spec=spec)
+
+
+def _emit(output: Path | None, text, write) -> None:
+    """Print ``text()``, or with ``--output`` call ``write()`` and name the files it wrote."""
+    if output is None:
+        click.echo(text(), nl=False)
+        return
+    for path in write():
+        click.echo(f"wrote {path}")
 
 
 @contextlib.contextmanager
@@ -380,11 +385,7 @@ def _print_report(
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     with _writing():
-        if output:
-            for path in write_report(rep, fmt, output):
-                click.echo(f"wrote {path}")
-        else:
-            click.echo(render(rep, fmt), nl=False)
+        _emit(output, lambda: render(rep, fmt), lambda: write_report(rep, fmt, output))
         paths = write_plots(rep, plots) if plots else []
     if plots:
         for path in paths:

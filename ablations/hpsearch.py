@@ -370,16 +370,27 @@ def _show(metric: str, value: float | None) -> str:
     return f"{100 * value:.2f}%" if metric.endswith(("acc", "top3")) else f"{value:.4f}"
 
 
-def summary_text(summary: SearchSummary) -> str:
-    """What ``ablate run`` prints after a search: trials, best value, best config as YAML for ``base``."""
+def summary_text(summary: SearchSummary, workers: int = 1) -> str:
+    """What ``ablate run`` prints after a search: trials, best value, best config as YAML for ``base``.
+
+    Args:
+        summary: what :func:`run_search` returned.
+        workers: with more than 1, the trials were trained by that many worker processes (each
+            printed its own count), not by the process that summarises.
+    """
     out = []
     for arm in summary.arms:
         name = f"search {summary.study}" + (f" [{arm.arm}]" if arm.arm else "")
         c = arm.counts
         finished = c.get("complete", 0) + c.get("pruned", 0) + c.get("failed", 0)
+        trained = (
+            f"trained {arm.trained} trial(s): {len(arm.complete)} complete, {len(arm.pruned)} pruned, "
+            f"{len(arm.failed)} failed"
+            if workers <= 1
+            else f"trained by {workers} workers"
+        )
         out.append(
-            f"{name}: trained {arm.trained} trial(s): {len(arm.complete)} complete, {len(arm.pruned)} pruned, "
-            f"{len(arm.failed)} failed; {finished} of {arm.n_trials} finished ({c.get('complete', 0)} complete, "
+            f"{name}: {trained}; {finished} of {arm.n_trials} finished ({c.get('complete', 0)} complete, "
             f"{c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed); MLflow parent run {arm.parent_run_id}"
         )
         for number, reason in arm.failed.items():

@@ -125,7 +125,7 @@ def test_search_with_two_workers_holds_the_cap_and_logs_best_config_and_plots(tm
     proc = ablate("run", study, "--profile", "smoke", "--workers", "2", *stores(tmp_path))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    assert "3 of 3 finished" in out and "best config" in out
+    assert "search search_lr: trained by 2 workers; 3 of 3 finished" in out and "best config" in out
     finished = [t for t in trials(tmp_path) if t.state.name == "COMPLETE"]
     assert len(finished) == 3  # the cap holds across both workers: no fourth trial
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
