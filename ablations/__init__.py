@@ -19,7 +19,7 @@ _PUBLIC = {
     "run_study": "ablations.runner",
     "Tracker": "ablations.tracking",
     "load_runs": "ablations.report",
-    "load_search": "ablations.report",
+    "load_search": "ablations.search_report",
     "build_report": "ablations.report",
     "render": "ablations.report",
     "write_report": "ablations.report",

@@ -286,7 +286,8 @@ def report(
     if study.endswith((".yaml", ".yml")):
         spec = _load(Path(study), None, ())
         study = spec.name
-    from ablations.report import ReportError, load_search, render_search, search_plots, write_search
+    from ablations.report import ReportError
+    from ablations.search_report import load_search, render_search, search_plots, write_search
 
     try:
         search = load_search(study, tracking_uri, profile)
@@ -330,7 +331,8 @@ def runs_cmd(study: str, profile: str | None, tracking_uri: str | None) -> None:
     """
     from tabulate import tabulate
 
-    from ablations.report import ReportError, load_runs, load_search
+    from ablations.report import ReportError, load_runs
+    from ablations.search_report import load_search
 
     if study.endswith((".yaml", ".yml")):
         study = _load(Path(study), None, ()).name

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import ablations.hpsearch as hpsearch
 import ablations.runner as runner
 from ablations.cli import main
-from ablations.report import load_search, render_search
+from ablations.search_report import load_search, render_search
 from ablations.study import StudyError, load_study, parse_sets
 from core.train import DivergedError
 from tests.conftest import tiny_splits
