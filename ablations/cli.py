@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -408,10 +409,41 @@ def ui(port: int, tracking_uri: str | None) -> None:
         raise click.ClickException(f"{uri} is a tracking server: open it in a browser instead")
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    # mlflow ui starts uvicorn, a job runner and its huey consumers (about 180 MB each). In a process group of
+    # their own they can all be stopped together when this process ends, by Ctrl-C or by SIGTERM.
+    group = hasattr(os, "killpg")
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=group)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    rc = 0
     try:
-        sys.exit(subprocess.call(cmd, env=os.environ.copy()))
+        rc = proc.wait()
     except KeyboardInterrupt:
-        sys.exit(0)
+        pass
+    finally:
+        if group:
+            _stop_group(proc)
+        else:
+            proc.terminate()
+    sys.exit(rc)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group led by ``proc``; SIGKILL what is left of it after ``grace_s`` seconds."""
+    import time
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, so that an empty group reads as gone
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 @main.command("evaluate")

@@ -1,5 +1,6 @@
 """End to end: `ablate run` + `ablate report` on the smoke profile with the real archive."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,40 @@ def test_ui_serves_the_store_on_loopback(workdir):
                 time.sleep(1)
         else:
             pytest.fail("the MLflow UI did not answer within 90 s")
+        server = _pgid_of(str(workdir / "mlruns" / "mlflow.db"))  # the mlflow ui process's group
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     assert (workdir / "mlruns" / "mlflow.db").exists()
+    assert server is not None and server != os.getpgid(0)  # mlflow runs in a group of its own ...
+    assert _group_gone(server, timeout=30)  # ... which ablate ui stops whole: uvicorn, job runner, huey consumers
+
+
+def _pgid_of(text: str) -> int | None:
+    """The process group of the process whose command line contains ``text`` (Linux /proc)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                return os.getpgid(int(cmdline.parent.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return None
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state ppid pgrp ...
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(stat.parent.name)
+        if not alive:
+            return True
+        time.sleep(0.5)
+    return False
