@@ -457,6 +457,11 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     cfg = _check_overrides(path, "--set" if sets else f"profiles.{profile}", RunConfig(), merged)
     for name, fspec in factors.items():
         _check_factor(path, cfg, name, fspec)
+        varied = {k for level in fspec for k in factor_overrides(name, fspec, level)}
+        if clash := sorted(varied & set(set_cfg)):  # the factor's levels would silently win over --set
+            raise StudyError(
+                path, "--set", f"{', '.join(clash)} is set by factor '{name}' in every cell; change its levels instead"
+            )
     try:
         resolve_model_config(cfg.model)
     except ConfigError as exc:  # name the layer that set the model key: --set, then the profile, then base

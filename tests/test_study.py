@@ -86,6 +86,13 @@ def test_a_bad_model_from_set_names_set_not_base(tmp_path):
         load_study(write(tmp_path, GOOD.replace("model.name: cnn4", "model.name: vgg99")), "smoke")
 
 
+def test_set_of_a_key_the_factor_varies_is_an_error_not_silently_lost(tmp_path):
+    path = write(tmp_path, GOOD)
+    with pytest.raises(StudyError, match=r"--set: model.batchnorm is set by factor 'batchnorm' in every cell"):
+        load_study(path, "smoke", parse_sets(["model.batchnorm=false"]))
+    assert load_study(path, "smoke", parse_sets(["model.dropout_p=0.2"])).config.model.dropout_p == 0.2
+
+
 def test_unknown_profile_lists_profiles(tmp_path):
     with pytest.raises(StudyError, match="no profile 'fast'; this file has: smoke"):
         load_study(write(tmp_path, GOOD), "fast")
