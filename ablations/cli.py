@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -429,8 +430,6 @@ def ui(port: int, tracking_uri: str | None) -> None:
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM the process group led by ``proc``; SIGKILL what is left of it after ``grace_s`` seconds."""
-    import time
-
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
         try:
             os.killpg(proc.pid, sig)

@@ -156,6 +156,8 @@ def test_ui_serves_the_store_on_loopback(workdir):
         proc.terminate()
         proc.wait(timeout=30)
     assert (workdir / "mlruns" / "mlflow.db").exists()
+    if not Path("/proc/self/stat").exists():  # the process-group checks read Linux's /proc
+        return
     assert server is not None and server != os.getpgid(0)  # mlflow runs in a group of its own ...
     assert _group_gone(server, timeout=30)  # ... which ablate ui stops whole: uvicorn, job runner, huey consumers
 
