@@ -21,8 +21,8 @@ _PUBLIC = {
     "load_runs": "ablations.report",
     "load_search": "ablations.search_report",
     "build_report": "ablations.report",
-    "render": "ablations.report",
-    "write_report": "ablations.report",
+    "render": "ablations.rendering",
+    "write_report": "ablations.rendering",
     "ReportError": "ablations.report",
 }
 __all__ = sorted(_PUBLIC)

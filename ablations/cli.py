@@ -378,7 +378,8 @@ def _print_report(
     plots: Path | None = None,
     spec=None,
 ) -> None:
-    from ablations.report import ReportError, build_report, load_runs, render, write_plots, write_report
+    from ablations.rendering import render, write_plots, write_report
+    from ablations.report import ReportError, build_report, load_runs
 
     try:
         runs = load_runs(name, tracking_uri, profile)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ablations.report import _BUDGET_KEYS, FORMATS, WIDTH, _clean, _f, _parent_config, _reader, _scale
+from ablations.rendering import FORMATS, WIDTH, _clean, _f
+from ablations.report import _BUDGET_KEYS, _parent_config, _reader, _scale
 from ablations.tracking import TAG
 
 __all__ = ["SearchArmRuns", "SearchRuns", "load_search", "render_search", "search_plots", "write_search"]

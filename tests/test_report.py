@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ablations.rendering import render, write_plots, write_report
 from ablations.report import (
     ReportError,
     StudyRuns,
@@ -16,9 +17,6 @@ from ablations.report import (
     build_report,
     load_histories,
     load_runs,
-    render,
-    write_plots,
-    write_report,
 )
 
 BN_CLAIM = {

@@ -1,0 +1,395 @@
+"""Rendering of a study report: terminal table, CSV, Markdown, LaTeX, HTML, JSON, and the figures.
+
+:mod:`ablations.report` computes the numbers (:class:`ablations.report.Report`); this module only
+turns them into text and pictures: :func:`render` (``table`` at most 100 columns wide, ``csv``,
+``markdown``, ``latex`` with booktabs tables, ``html`` as one self-contained page with the figures
+embedded, ``json`` with every number unrounded), :func:`write_report` (one file, or one file per
+table for CSV) and :func:`write_plots` (the PNG figures of :mod:`ablations.plots`, also logged to
+the study's parent run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablations.report import POWER, Report, _du, _scale, load_histories
+from ablations.tracking import Tracker
+
+__all__ = ["FORMATS", "WIDTH", "render", "to_json", "write_plots", "write_report"]
+
+FORMATS = ("table", "csv", "markdown", "latex", "html", "json")
+WIDTH = 100  # the terminal table fits this many columns
+
+# --------------------------------------------------------------------------------------------- rendering
+
+
+def _f(x, digits: int = 2, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _p(p) -> str:
+    if p is None or p != p:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _iv(lo, hi, sign: bool = False) -> str:
+    return "-" if lo is None or lo != lo else f"[{_f(lo, 2, sign)}, {_f(hi, 2, sign)}]"
+
+
+def _need(row) -> str:
+    n = row.get("seeds_needed")
+    if n is None or n != n:
+        return "-"
+    return f"{int(n)} for {row['target']:.2f}{row.get('_du', '')} ({row['target_from']})"
+
+
+_DECIDED = ("better", "worse", "positive interaction", "negative interaction")
+
+
+def _code(s: str, md: bool) -> str:
+    return f"`{s}`" if md and s else s
+
+
+def _display(r: Report, md: bool = False, term: bool = False) -> dict[str, pd.DataFrame]:
+    """The three tables as strings, the way a person reads them."""
+    unit = f" ({r.unit})" if r.unit else ""
+    du = f" ({r.diff_unit})" if r.diff_unit else ""
+    a = r.arms
+    arms = pd.DataFrame(
+        {
+            **{f: a[f] for f in r.runs.factors},
+            "runs": a["n"],
+            "failed": a["failed"],
+            f"{r.runs.metric}{unit}": [
+                f"{m:.2f} ± {s:.2f}" if s == s else _f(m) for m, s in zip(a["mean"], a["std"], strict=True)
+            ],
+            "95% CI (t)": [_iv(lo, hi) for lo, hi in zip(a["ci_low"], a["ci_high"], strict=True)],
+            "median": [_f(x) for x in a["median"]],
+        }
+    )
+    e = r.effects
+    sep = "\n" if term else " "
+    effects = pd.DataFrame(
+        {
+            "effect": [_code(x, md) for x in e["effect"]],
+            "kind": e["kind"],
+            "n": [str(int(n)) if n == n else "-" for n in e["n"]],
+            f"difference{du}{sep}[95% CI]": [
+                f"{_f(x, 2, True)} {_iv(lo, hi, True)}" if x == x else "-"
+                for x, lo, hi in zip(e["estimate"], e["ci_low"], e["ci_high"], strict=True)
+            ],
+            "test": e["test"].fillna("-"),
+            "p": [_p(x) for x in e["p"]],
+            "p Holm": [_p(x) for x in e["p_holm"]],
+            "rank p": [_p(x) for x in e["p_check"]],
+            "effect size": [
+                f"{k} {x:+.2f}" if x == x else "-" for k, x in zip(e["effect_size_kind"], e["effect_size"], strict=True)
+            ],
+        }
+    )
+    rows = e.assign(_du=f" {r.diff_unit}" if r.diff_unit else "").to_dict("records")
+    verdicts = pd.DataFrame(
+        {
+            "effect": [_code(x, md) for x in e["effect"]],
+            f"verdict at alpha {r.alpha:g}": e["verdict"],
+            f"seeds per arm for {POWER:.0%} power": [_need(x) if x["verdict"] not in _DECIDED else "-" for x in rows],
+        }
+    )
+    c = r.claims
+    claims = pd.DataFrame(
+        {
+            "claim": c["claim"],
+            "source": c["source"],
+            "claimed": [
+                f"{_code(t, md)}{sep}vs {_code(k, md)}{sep if term else ': '}"
+                + (f"{_code(met, md)} " if met != r.runs.metric else "")  # a claim about another metric names it
+                + d
+                + (f" >= {m:g}{_du(_scale(met))}" if m is not None and m == m else "")
+                for t, k, d, m, met in zip(
+                    c["treatment"], c["control"], c["direction"], c["min_effect"], c["metric"], strict=True
+                )
+            ],
+            f"measured{du}{sep}[{1 - r.alpha:.0%} CI]": [
+                f"{_f(x, 2, True)}{sep}{_iv(lo, hi, True)}" if x == x else "-"
+                for x, lo, hi in zip(c["estimate"], c["ci_low"], c["ci_high"], strict=True)
+            ],
+            "verdict": c["verdict"],
+        }
+    )
+    return {"arms": arms, "effects": effects, "verdicts": verdicts, "claims": claims}
+
+
+def _head(r: Report) -> list[str]:
+    sr = r.runs
+    better = "higher" if sr.direction == "maximize" else "lower"
+    unit = f" in {r.unit}" if r.unit else ""
+    pp = "; differences in percent points (pp)" if r.diff_unit else ""
+    fails = f"; {sr.failed} failed or killed run(s) not counted" if sr.failed else ""
+    return [
+        f"study {sr.study} (parent run {sr.parent_run_id}): {sr.metric}{unit}, {better} is better{pp}{fails}",
+        f"budget: {r.budget}",
+        f"baseline arm: {r.baseline}; alpha {r.alpha:g}",
+    ]
+
+
+def _methods(r: Report) -> str:
+    tested = int(r.effects["p"].notna().sum())
+    return (
+        "difference: arm minus baseline, paired by seed (paired t test; Welch t when the arms do not share seeds), "
+        f"95% CI (t); p Holm-adjusted over the {tested} comparison(s) of the study; rank p: Wilcoxon signed-rank "
+        "(Mann-Whitney U when unpaired), as a check; effect size: Cohen's d_z (paired) or d. Seeds per arm: for "
+        f"{POWER:.0%} power of the two-sided t test at alpha {r.alpha:g}/{max(tested, 1)}, to detect the claimed "
+        "size, the --effect size or else the observed difference."
+    )
+
+
+def render(r: Report, fmt: str = "table") -> str:
+    """The report as text.
+
+    Args:
+        r: the report.
+        fmt: ``table`` (terminal, at most 100 columns), ``csv`` (the arm, effect
+            and claim tables, separated by a blank line), ``markdown``, ``latex``,
+            ``html`` or ``json`` (every number of every table, plus the settings).
+
+    Returns:
+        The text.
+
+    Raises:
+        ValueError: unknown ``fmt``.
+    """
+    if fmt == "table":
+        return _terminal(r)
+    if fmt == "csv":
+        return "\n".join(t.to_csv(index=False) for t in _raw_tables(r).values() if not t.empty)
+    if fmt == "json":
+        return json.dumps(to_json(r), indent=2, allow_nan=False) + "\n"
+    if fmt == "markdown":
+        return _markdown(r)
+    if fmt == "latex":
+        return _latex(r)
+    if fmt == "html":
+        return _html(r)
+    raise ValueError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def write_report(r: Report, fmt: str, path: Path) -> list[Path]:
+    """Write the report to ``path``; CSV writes one file per table.
+
+    For ``csv``, ``path`` gets the arm table and ``<stem>.effects.csv`` and
+    ``<stem>.claims.csv`` beside it get the others (when not empty).
+
+    Returns:
+        The files written.
+
+    Raises:
+        OSError: a file cannot be written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt != "csv":
+        path.write_text(render(r, fmt))
+        return [path]
+    out = []
+    for name, table in _raw_tables(r).items():
+        if table.empty and name != "arms":
+            continue
+        p = path if name == "arms" else path.with_name(f"{path.stem}.{name}{path.suffix or '.csv'}")
+        p.write_text(table.to_csv(index=False))
+        out.append(p)
+    return out
+
+
+def _raw_tables(r: Report) -> dict[str, pd.DataFrame]:
+    return {"arms": r.arms, "effects": r.effects, "claims": r.claims}
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def to_json(r: Report) -> dict:
+    """Every number of the report's tables and the settings they were computed with, JSON-ready (NaN -> null)."""
+    sr = r.runs
+    return _clean(
+        {
+            "study": sr.study,
+            "profile": sr.profile,
+            "parent_run_id": sr.parent_run_id,
+            "tracking_uri": sr.tracking_uri,
+            "metric": sr.metric,
+            "direction": sr.direction,
+            "unit": r.unit,
+            "difference_unit": r.diff_unit,
+            "scale": r.scale,
+            "alpha": r.alpha,
+            "confidence_level": 0.95,
+            "power": POWER,
+            "effect_given": r.effect,
+            "factors": sr.factors,
+            "baseline": r.baseline,
+            "budget": sr.budget,
+            "failed_runs": sr.failed,
+            "methods": {
+                "arm_interval": "Student t interval of the mean over seeds",
+                "comparison": "paired t test on per-seed contrasts when the arms share >= 2 seeds, else Welch t",
+                "rank_check": "Wilcoxon signed-rank (paired) or Mann-Whitney U (two independent arms)",
+                "multiplicity": "Holm (1979) over all comparisons in effects",
+                "effect_size": "Cohen's d_z (paired) or Cohen's d (pooled SD)",
+                "seeds_needed": "two-sided t test, 80% power, alpha / number of comparisons (noncentral t, scipy)",
+                "claims": "interval at 1 - alpha, no multiplicity correction",
+            },
+            "runs": sr.runs.reindex(columns=["arm", "seed", "run_id", sr.metric]).to_dict("records"),
+            "arms": r.arms.to_dict("records"),
+            "effects": r.effects.to_dict("records"),
+            "claims": r.claims.to_dict("records"),
+        }
+    )
+
+
+def _terminal(r: Report) -> str:
+    from tabulate import tabulate
+
+    d = _display(r, term=True)
+    out = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _head(r)]
+
+    def table(df: pd.DataFrame, fmt: str = "simple", widths=None) -> str:
+        align = ["right" if c in _RIGHT or c.startswith(_RIGHT_PREFIX) else "left" for c in df.columns]
+        return tabulate(
+            df.to_dict("list"),
+            headers="keys",
+            tablefmt=fmt,
+            maxcolwidths=widths,
+            disable_numparse=True,
+            colalign=align,
+        )
+
+    out += ["", "arms", table(d["arms"])]
+    if not r.effects.empty:
+        eff = d["effects"]
+        if len(set(r.effects["test"].dropna())) <= 1:
+            eff = eff.drop(columns=["test"])
+        for kind, title in _KINDS.items():
+            rows = eff[eff["kind"] == kind].drop(columns=["kind"])
+            if not rows.empty:
+                out += ["", title, table(rows, widths=[30] + [None] * (rows.shape[1] - 1))]
+        out += ["", "verdicts", table(d["verdicts"], widths=[30, 26, 36])]
+        out += ["", textwrap.fill(_methods(r), WIDTH)]
+    if not r.claims.empty:
+        out += ["", f"claims (interval at {1 - r.alpha:.0%}, not corrected for multiplicity)"]
+        out += [table(d["claims"], "simple_grid", [20, 10, 18, 15, 19])]
+    return "\n".join(out) + "\n"
+
+
+_KINDS = {
+    "arm": "effect vs baseline: each arm minus the baseline arm",
+    "main": "main effects: a level minus the baseline level, averaged over the other factors",
+    "interaction": "interactions: (a x b) - a - b + baseline, averaged over the other factors (0 = additive)",
+}
+_RIGHT = {"runs", "failed", "median", "n", "p", "p Holm", "rank p", "effect size", "95% CI (t)"}
+_RIGHT_PREFIX = ("difference", "test_", "val_", "train_")
+
+
+def _markdown(r: Report) -> str:
+    d = _display(r, md=True)
+    parts = ["\n".join(_head(r)).replace("\n", "  \n"), "### Arms", d["arms"].to_markdown(index=False)]
+    if not r.effects.empty:
+        eff = d["effects"].merge(d["verdicts"], on="effect")
+        parts += ["### Effects", eff.to_markdown(index=False), _methods(r)]
+    if not r.claims.empty:
+        parts += ["### Claims", d["claims"].to_markdown(index=False)]
+    return "\n\n".join(parts) + "\n"
+
+
+def _latex(r: Report) -> str:
+    d = _display(r)
+    parts = ["% " + line for line in _head(r)]
+    if not r.effects.empty:
+        parts += ["% " + line for line in textwrap.wrap(_methods(r), WIDTH)]
+    eff = d["effects"].merge(d["verdicts"], on="effect") if not r.effects.empty else None
+    for name, df in (("arms", d["arms"]), ("effects", eff), ("claims", d["claims"] if not r.claims.empty else None)):
+        if df is None:
+            continue
+        parts.append(df.to_latex(index=False, escape=True, caption=f"{r.runs.study}: {name}", label=f"tab:{name}"))
+    return "\n".join(parts)
+
+
+def _html(r: Report) -> str:
+    import html
+
+    d = _display(r)
+    body = [f"<h1>ablate report: {html.escape(r.runs.study)}</h1>"]
+    body += [f"<p>{html.escape(line)}</p>" for line in _head(r)]
+    body += ["<h2>Arms</h2>", d["arms"].to_html(index=False)]
+    if not r.effects.empty:
+        body += ["<h2>Effects</h2>", d["effects"].merge(d["verdicts"], on="effect").to_html(index=False)]
+        body += [f"<p>{html.escape(_methods(r))}</p>"]
+    if not r.claims.empty:
+        body += ["<h2>Claims</h2>", d["claims"].to_html(index=False)]
+    style = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{padding:2px 8px;border:1px solid #ccc}"
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(r.runs.study)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------- plots
+
+
+def write_plots(r: Report, folder: Path, log: bool = True) -> list[Path]:
+    """Draw the report's figures into ``folder`` and log them to the study's parent run.
+
+    Figures: ``effects.png`` (arm means with 95% CIs, differences to the
+    baseline), ``learning_curves.png`` (mean over seeds with a band, from the
+    runs' metric histories) and, when the runs log ``test_acc_class_<class>``,
+    ``per_class.png``. Logged under ``report/`` of the parent run.
+
+    Args:
+        r: the report.
+        folder: where the PNGs go (created).
+        log: also log them to the parent run in MLflow.
+
+    Returns:
+        The files written.
+
+    Raises:
+        OSError: the folder or a file cannot be written.
+    """
+    from ablations import plots
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    label = f"{r.runs.metric}{f' ({r.unit})' if r.unit else ''}"
+    title = f"{r.runs.study}: {r.budget}"
+    figures = {"effects": plots.effect_plot(r.arms, r.baseline, label, title)}
+    hist = load_histories(r.runs)
+    if not hist.empty:
+        figures["learning_curves"] = plots.arm_learning_curves(hist, list(r.arms["arm"]), title)
+    if plots.per_class_columns(r.runs.runs):
+        figures["per_class"] = plots.per_class_difference(r.runs.runs, r.baseline, title=title)
+    tracker = Tracker(r.runs.tracking_uri) if log else None
+    out = []
+    for name, fig in figures.items():
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=120)
+        out.append(path)
+        if tracker is not None:
+            tracker.log_figure(r.runs.parent_run_id, fig, f"report/{name}.png")
+    return out
