@@ -55,7 +55,6 @@ import importlib.util
 import inspect
 import json
 import math
-import os
 import sys
 import traceback
 import warnings
@@ -71,7 +70,7 @@ from tqdm import tqdm
 from ablations.factors import level_label
 from ablations.plots import learning_curves
 from ablations.runner import MlflowEpochs, splits_for
-from ablations.search import GRACE_S, rdb_storage
+from ablations.search import GRACE_S, claim, fail_stale_trials, rdb_storage, stale_reason
 from ablations.study import Cell, SearchSpec, Study
 from ablations.tracking import TAG, Tracker, git_commit
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash, flatten
@@ -430,7 +429,7 @@ def _open(study: Study, name: str, storage: str | None, on_stale: Callable[[Froz
         load_if_exists=True,
     )
     ostudy.set_metric_names([study.metric.name])
-    optuna.storages.fail_stale_trials(ostudy)
+    fail_stale_trials(ostudy)  # heartbeat older than the grace, or a dead process on this host
     return ostudy
 
 
@@ -564,9 +563,9 @@ class _Search:
         self.arm = ArmSearch(cell.arm, self.name, self.parent, self.cap)
 
     def _stale(self, trial: FrozenTrial) -> None:
-        """Optuna found ``trial``'s worker dead (no heartbeat) and failed it: close its MLflow run too."""
+        """``trial``'s worker is gone (no heartbeat, or a dead process on this host): close its MLflow run too."""
         if "mlflow_run_id" in trial.user_attrs:
-            self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED", "worker stopped: no heartbeat")
+            self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED", stale_reason(trial))
 
     def _counted(self, below: int | None = None) -> int:
         trials = self.ostudy.get_trials(deepcopy=False)
@@ -626,7 +625,7 @@ class _Search:
             trial.set_user_attr(OUTCOME, "over_cap")
             self.ostudy.stop()
             raise _TrialFailed("over the n_trials cap")
-        trial.set_user_attr("worker", os.getpid())
+        claim(self.ostudy, trial)  # host and PID: a dead worker on this host is noticed at once
         if self.search.sampler.seed is not None and self.search.sampler.name in _PER_TRIAL_SEED:
             self.ostudy.sampler = make_sampler(self.search, trial.number)
         params = suggest(trial, self.search)

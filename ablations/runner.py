@@ -22,7 +22,15 @@ from tqdm import tqdm
 
 from ablations.factors import level_label
 from ablations.plots import learning_curves
-from ablations.search import Heartbeat, cell_params, fail_stale_trials, next_trial, open_study, pending_cells
+from ablations.search import (
+    Heartbeat,
+    cell_params,
+    fail_stale_trials,
+    next_trial,
+    open_study,
+    pending_cells,
+    stale_reason,
+)
 from ablations.study import Cell, Study
 from ablations.tracking import TAG, Tracker, git_commit
 from core.config import DataConfig, RunConfig, config_hash, flatten
@@ -174,13 +182,13 @@ class _Session:
         )
 
     def _stale(self, ostudy, trial) -> None:
-        """A worker died (SIGKILL, power loss): close its MLflow run and queue its cell again.
+        """A worker died (SIGKILL, OOM kill, power loss): close its MLflow run and queue its cell again.
 
         Optuna calls this once per stale trial, in the one process that marked it FAILED,
         so the cell is queued exactly once.
         """
         if "mlflow_run_id" in trial.user_attrs:
-            self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED", "worker stopped: no heartbeat")
+            self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED", stale_reason(trial))
         cell = self.by_key.get(trial.user_attrs.get("cell"))
         if cell is not None:
             requeue(ostudy, cell)  # Optuna's study: this may run inside open_study, before self.ostudy exists

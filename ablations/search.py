@@ -12,8 +12,10 @@ e.g. ``postgresql://...`` for many machines).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import socket
 import threading
 import warnings
 from collections.abc import Callable
@@ -25,7 +27,18 @@ from ablations.factors import level_label
 from ablations.study import Cell, Study
 from ablations.tracking import absolute_sqlite
 
-__all__ = ["DEFAULT_STORAGE", "Heartbeat", "open_study", "pending_cells", "rdb_storage", "resolve_storage"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "Heartbeat",
+    "fail_stale_trials",
+    "open_study",
+    "pending_cells",
+    "rdb_storage",
+    "resolve_storage",
+    "stale_reason",
+    "this_worker",
+    "worker_gone",
+]
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 # A trial whose heartbeat is older than GRACE_S seconds is stale: its worker died. Long enough for
@@ -54,8 +67,8 @@ def rdb_storage(
     Args:
         storage: Optuna storage URL, or ``None`` for the default.
         on_stale: called as ``on_stale(optuna_study, trial)`` with each trial found stale (its
-            worker stopped beating for ``GRACE_S`` seconds, e.g. killed with SIGKILL) after
-            Optuna marks it FAILED.
+            worker stopped beating for ``GRACE_S`` seconds, or its process on this host is gone,
+            e.g. killed with SIGKILL) after it is marked FAILED (see :func:`fail_stale_trials`).
     """
     url = resolve_storage(storage)
     return optuna.storages.RDBStorage(
@@ -91,8 +104,113 @@ def open_study(
 
 
 def fail_stale_trials(ostudy: optuna.Study) -> None:
-    """Mark trials whose worker stopped beating FAILED (and call the study's ``on_stale`` for each)."""
-    optuna.storages.fail_stale_trials(ostudy)
+    """Mark the RUNNING trials whose worker is gone FAILED and call the storage's ``on_stale`` for each.
+
+    A trial's worker is gone when its heartbeat is older than ``GRACE_S`` seconds (any host), or at
+    once when it ran on this host and its process no longer exists (:func:`worker_gone`). When
+    several processes look at the same time, the storage lets exactly one of them fail each trial,
+    and only that one calls ``on_stale``, so a cell is queued again once.
+    """
+    optuna.storages.fail_stale_trials(ostudy)  # heartbeat older than the grace period
+    storage = ostudy._storage  # Optuna's own fail_stale_trials reads it the same way
+    failed = []
+    for trial in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker_gone(trial.user_attrs) is None:
+            continue
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                failed.append(trial._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process failed (or finished) it first
+            pass
+    on_stale = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if on_stale is not None:
+        for trial_id in failed:
+            on_stale(ostudy, copy.deepcopy(storage.get_trial(trial_id)))
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of process ``pid`` from /proc, or ``None``."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name in (...) may hold spaces
+    return fields[0], fields[19]  # fields 3 and 22 of proc(5)
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def this_worker() -> dict[str, str | int]:
+    """Who runs a trial, as trial user attributes: this host and process.
+
+    ``worker`` (host:pid, for people), ``worker_host``, ``worker_pid``, ``worker_start`` (the
+    process's start time from /proc, so a PID reused later is told apart), ``worker_boot`` (the
+    kernel's boot id), ``worker_machine`` (/etc/machine-id) and ``worker_pidns`` (PID namespace):
+    :func:`worker_gone` compares them with the process that looks.
+    """
+    host, pid = socket.gethostname(), os.getpid()
+    stat = _proc_stat(pid)
+    return {
+        "worker": f"{host}:{pid}",
+        "worker_host": host,
+        "worker_pid": pid,
+        "worker_start": stat[1] if stat else "",
+        "worker_boot": _read("/proc/sys/kernel/random/boot_id"),
+        "worker_machine": _read("/etc/machine-id"),
+        "worker_pidns": _pid_namespace(),
+    }
+
+
+def worker_gone(attrs: dict) -> str | None:
+    """Why the worker recorded in trial user attributes ``attrs`` is certainly gone, else ``None``.
+
+    Only a worker on this host can be known gone: same host name, boot id and PID namespace, and
+    its PID no longer runs, is a zombie, or is now another process (a different start time). The
+    same host name and machine id with another boot id means this host rebooted since. Anything
+    else (another host, no record) is left to the heartbeat's grace period.
+    """
+    me = this_worker()
+    if "worker_pid" not in attrs or attrs.get("worker_host") != me["worker_host"]:
+        return None
+    host, pid = attrs["worker_host"], int(attrs["worker_pid"])
+    if attrs.get("worker_boot") != me["worker_boot"]:
+        if me["worker_machine"] and attrs.get("worker_machine") == me["worker_machine"]:
+            return f"{host} rebooted since process {pid} ran"
+        return None
+    if attrs.get("worker_pidns") != me["worker_pidns"]:  # another container with the same host name
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"process {pid} on {host} is gone"
+    except PermissionError:  # it exists, under another user
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return None if not os.path.isdir("/proc/self") else f"process {pid} on {host} is gone"
+    if stat[0] in ("Z", "X"):
+        return f"process {pid} on {host} is gone (exited, not yet reaped)"
+    if attrs.get("worker_start") and stat[1] != attrs["worker_start"]:
+        return f"process {pid} on {host} is gone (the PID now belongs to another process)"
+    return None
+
+
+def stale_reason(trial: FrozenTrial) -> str:
+    """The reason logged for a trial :func:`fail_stale_trials` failed (tag ``ablate.failure``)."""
+    gone = worker_gone(trial.user_attrs)
+    return f"worker stopped: {gone}" if gone else f"worker stopped: no heartbeat for {GRACE_S} s"
 
 
 def cell_params(cell: Cell) -> dict:
@@ -128,15 +246,28 @@ def next_trial(ostudy: optuna.Study) -> optuna.Trial | None:
     if "cell" not in trial.user_attrs:  # another worker emptied the queue in between
         ostudy.tell(trial, state=TrialState.FAIL)
         return None
+    claim(ostudy, trial)
     return trial
+
+
+def claim(ostudy: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark ``trial`` as this process's at once: a first heartbeat, then :func:`this_worker`'s attributes.
+
+    Optuna never finds a RUNNING trial without a heartbeat stale, so the heartbeat comes first.
+    """
+    storage = ostudy._storage
+    if hasattr(storage, "record_heartbeat") and getattr(storage, "heartbeat_interval", None):
+        storage.record_heartbeat(trial._trial_id)
+    for key, value in this_worker().items():
+        trial.set_user_attr(key, value)
 
 
 class Heartbeat:
     """Context manager: record the trial's heartbeat in a background thread.
 
-    A worker killed with SIGKILL stops beating; after ``GRACE_S`` seconds
-    ``optuna.storages.fail_stale_trials`` (called by :func:`open_study`) marks
-    its trial FAILED so the cell is trained again.
+    A worker killed with SIGKILL stops beating; after ``GRACE_S`` seconds (at once on
+    its own host, see :func:`worker_gone`) :func:`fail_stale_trials` (called by
+    :func:`open_study`) marks its trial FAILED so the cell is trained again.
     """
 
     def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:

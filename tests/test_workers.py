@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+
+from ablations.search import this_worker, worker_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = str(ROOT / "studies" / "batchnorm.yaml")
@@ -100,8 +103,9 @@ def test_two_workers_share_the_queue_and_train_each_cell_once(tmp_path, real_arc
 
 
 @pytest.mark.e2e
-def test_sigkill_mid_cell_then_rerun_completes_every_cell_once(tmp_path, real_archive):
-    env = {**os.environ, "ABLATE_HEARTBEAT_GRACE": "4"}
+def test_sigkill_mid_cell_then_rerun_at_once_completes_every_cell_once(tmp_path, real_archive):
+    # The default 60 s grace: the rerun must not wait for the heartbeat, the dead PID on this host says enough.
+    env = {k: v for k, v in os.environ.items() if k != "ABLATE_HEARTBEAT_GRACE"}
     args = ["run", STUDY, "--profile", "smoke", "--set", "train.epochs=3", "--no-report", *stores(tmp_path)]
     proc = ablate(*args, env=env, log=tmp_path / "killed.log")
     wait_until_mid_cell(proc, tmp_path, "killed.log")
@@ -109,14 +113,64 @@ def test_sigkill_mid_cell_then_rerun_completes_every_cell_once(tmp_path, real_ar
     proc.wait()
     killed = [t for t in trials(tmp_path) if t.state.name == "RUNNING"]
     assert len(killed) == 1  # its trial is left RUNNING: nobody could tell Optuna
+    assert killed[0].user_attrs["worker_pid"] == proc.pid
 
-    time.sleep(5)  # let the heartbeat go stale
-    again = ablate(*args, env=env)
+    again = ablate(*args, env=env)  # at once
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
+    assert "held by another worker" not in out
     runs = assert_each_cell_finished_once(tmp_path)
     dead = [r for r in runs if r.info.run_id == killed[0].user_attrs["mlflow_run_id"]]
-    assert dead[0].info.status == "FAILED" and "no heartbeat" in dead[0].data.tags["ablate.failure"]
+    assert dead[0].info.status == "FAILED"
+    assert f"process {proc.pid} on {socket.gethostname()} is gone" in dead[0].data.tags["ablate.failure"]
+
+
+def _attrs_of(proc) -> dict:
+    """this_worker() as process ``proc`` would have recorded it."""
+    me = this_worker()
+    stat = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    return {**me, "worker": f"{me['worker_host']}:{proc.pid}", "worker_pid": proc.pid, "worker_start": stat[19]}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_worker_on_this_host_is_gone_once_its_process_is_and_not_before():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    attrs = _attrs_of(proc)
+    assert worker_gone(attrs) is None  # alive
+    assert "another process" in worker_gone({**attrs, "worker_start": "1"})  # the PID was reused
+    proc.kill()
+    time.sleep(0.2)
+    assert "not yet reaped" in worker_gone(attrs)  # a zombie is dead too
+    proc.wait()
+    assert worker_gone(attrs) == f"process {proc.pid} on {attrs['worker_host']} is gone"
+    # Another host, another container (PID namespace) or no record at all: only the heartbeat can tell.
+    assert worker_gone({**attrs, "worker_host": "elsewhere"}) is None
+    assert worker_gone({**attrs, "worker_pidns": "pid:[1]"}) is None
+    assert worker_gone({"worker": "x:1"}) is None
+    rebooted = {**attrs, "worker_boot": "an-earlier-boot"}
+    assert worker_gone(rebooted) == (
+        f"{attrs['worker_host']} rebooted since process {proc.pid} ran" if attrs["worker_machine"] else None
+    )
+
+
+def test_fail_stale_trials_fails_a_dead_local_workers_trial_once_and_calls_back(tmp_path):
+    from ablations.search import claim, fail_stale_trials, rdb_storage
+
+    seen = []
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    ostudy = optuna.create_study(storage=rdb_storage(storage, lambda s, t: seen.append(t.number)), study_name="s")
+    alive, dead = ostudy.ask(), ostudy.ask()
+    claim(ostudy, alive)
+    claim(ostudy, dead)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead.set_user_attr("worker_pid", proc.pid)  # as if that process had taken it and was killed
+    dead.set_user_attr("worker_start", "")
+    fail_stale_trials(ostudy)
+    other = optuna.load_study(study_name="s", storage=rdb_storage(storage, lambda s, t: seen.append(t.number)))
+    fail_stale_trials(other)  # a second look finds nothing new
+    states = {t.number: t.state.name for t in ostudy.get_trials()}
+    assert states == {alive.number: "RUNNING", dead.number: "FAIL"} and seen == [dead.number]
 
 
 @pytest.mark.e2e
