@@ -22,6 +22,7 @@ _PUBLIC = {
     "Splits": "core.data",
     "BatchAugment": "core.augment",
     "create_model": "core.models",
+    "init_weights": "core.models",
     "list_models": "core.models",
     "register_model": "core.models",
     "fit": "core.train",

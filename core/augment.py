@@ -16,7 +16,7 @@ in distribution.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from PIL import Image
 from core.config import AugmentConfig
 
 __all__ = ["BatchAugment", "ReferenceDataset", "normalize", "reference_transform"]
+
+# One generator for every operation, one per operation name, or None (torch's default generator).
+Generators = torch.Generator | Mapping[str, torch.Generator] | None
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _ERASE_SCALE = (0.02, 0.33)  # RandomErasing defaults: area fraction
@@ -112,8 +115,10 @@ class BatchAugment:
       torchvision's; if none fits the image is left alone, as in torchvision.
       Erased pixels are 0 after normalisation.
 
-    Operations that are off (0 / False) cost nothing. All random numbers come from one
-    ``torch.rand`` call on ``x.device``.
+    Operations that are off (0 / False) cost nothing. The random numbers are drawn by
+    :meth:`draw`, one ``torch.rand`` per operation that is on, each from its own generator
+    when given one per operation (``core.rng.augment_generators``), and applied by
+    :meth:`apply`.
 
     Args:
         cfg: the augmentation settings.
@@ -130,19 +135,16 @@ class BatchAugment:
             raise ValueError(f"erasing probability must be in [0, 1], got {cfg.erasing}")
         self.cfg = cfg
         self.pad = int(cfg.crop_padding)
-        cols, n = {}, 0  # column layout of the per-image uniform draws
-        for name, width, on in (
-            ("crop", 2, self.pad > 0),
-            ("flip", 1, cfg.flip),
-            ("rot", 1, cfg.rotation > 0),
-            ("bright", 1, cfg.brightness > 0),
-            ("contrast", 1, cfg.contrast > 0),
-            ("erase", 3 + 2 * _ERASE_TRIES, cfg.erasing > 0),
-        ):
-            if on:
-                cols[name] = n
-                n += width
-        self._cols, self._ncols = cols, n
+        # Uniform draws per image of each operation that is on (the stream names of core.rng).
+        widths = {
+            "crop": (2, self.pad > 0),
+            "flip": (1, cfg.flip),
+            "rotation": (1, cfg.rotation > 0),
+            "brightness": (1, cfg.brightness > 0),
+            "contrast": (1, cfg.contrast > 0),
+            "erasing": (3 + 2 * _ERASE_TRIES, cfg.erasing > 0),
+        }
+        self._widths = {name: w for name, (w, on) in widths.items() if on}
         self._consts: dict[tuple, dict[str, torch.Tensor]] = {}
 
     def _device_consts(self, device: torch.device, h: int, w: int) -> dict[str, torch.Tensor]:
@@ -160,13 +162,40 @@ class BatchAugment:
             }
         return self._consts[key]
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment and normalise one batch.
+    def draw(self, b: int, device: torch.device | str, generator: Generators = None) -> dict[str, torch.Tensor]:
+        """The random parameters of ``b`` images: uniforms in [0, 1) per operation that is on.
+
+        Args:
+            b: batch size.
+            device: where to draw (the generators must live there).
+            generator: one ``torch.Generator`` for every operation (drawn in the order crop,
+                flip, rotation, brightness, contrast, erasing), or a mapping from operation name
+                (``core.rng.AUGMENT_OPS``) to its own generator, as ``core.rng.augment_generators``
+                gives: then each operation's draws do not depend on which others are on (common
+                random numbers across arms that differ in one operation). ``None``: the
+                device's default generator.
+
+        Returns:
+            ``{op: float32 (b, width)}`` for the operations that are on (crop 2 columns, erasing
+            23, the others 1).
+
+        Raises:
+            KeyError: a mapping lacks an operation that is on.
+        """
+        out = {}
+        for name, width in self._widths.items():
+            g = generator[name] if isinstance(generator, Mapping) else generator
+            out[name] = torch.rand(b, width, generator=g, device=device)
+        return out
+
+    def __call__(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        """Augment and normalise one batch: ``apply(x, draw(len(x), x.device, generator))``.
 
         Args:
             x: uint8 ``(B, 3, H, W)``, pixel values 0..255, on any device. Not modified.
-            generator: source of all randomness (same seed, same output); must live on
-                ``x.device``. ``None``: the device's default generator.
+            generator: source of all randomness (same seed, same output), one generator or
+                one per operation (see :meth:`draw`); must live on ``x.device``. ``None``: the
+                device's default generator.
 
         Returns:
             float32 ``(B, 3, H, W)``, normalised, contiguous, on ``x.device``.
@@ -177,35 +206,47 @@ class BatchAugment:
             RuntimeError: ``generator`` is on another device (raised by torch).
         """
         _check(x)
-        cfg, c = self.cfg, self._cols
+        return self.apply(x, self.draw(len(x), x.device, generator))
+
+    def apply(self, x: torch.Tensor, u: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Augment and normalise ``x`` with the parameters ``u`` from :meth:`draw` (row i: image i).
+
+        Several runs' batches can be augmented in one call: concatenate their images and their
+        draws along dim 0 (``core.train`` does so for fused seeds).
+
+        Raises:
+            TypeError: ``x`` is not uint8.
+            ValueError: ``x`` is not ``(B, 3, H, W)``.
+        """
+        _check(x)
+        cfg = self.cfg
         b, _, h, w = x.shape
         if b == 0:
             return torch.empty(x.shape, dtype=torch.float32, device=x.device)
         k = self._device_consts(x.device, h, w)
-        u = torch.rand(b, self._ncols, generator=generator, device=x.device) if c else None
-        y = self._crop_flip(x, u) if "crop" in c or "flip" in c else x
+        y = self._crop_flip(x, u) if "crop" in u or "flip" in u else x
         y = y.float()  # a new float32 tensor; everything below is in place
 
-        if "rot" in c:  # 3. about the centre, nearest neighbour, zero fill
-            y = _rotate(y, (2 * u[:, c["rot"]] - 1) * math.radians(cfg.rotation))
+        if "rotation" in u:  # 3. about the centre, nearest neighbour, zero fill
+            y = _rotate(y, (2 * u["rotation"][:, 0] - 1) * math.radians(cfg.rotation))
 
         # 4. Colour jitter, brightness then contrast, on the 0..255 scale.
-        if "bright" in c:
+        if "brightness" in u:
             lo = max(0.0, 1 - cfg.brightness)
-            f = (lo + (1 + cfg.brightness - lo) * u[:, c["bright"]]).view(b, 1, 1, 1)
+            f = (lo + (1 + cfg.brightness - lo) * u["brightness"][:, 0]).view(b, 1, 1, 1)
             y.mul_(f).clamp_(max=255.0)
-        if "contrast" in c:
+        if "contrast" in u:
             lo = max(0.0, 1 - cfg.contrast)
-            f = (lo + (1 + cfg.contrast - lo) * u[:, c["contrast"]]).view(b, 1, 1, 1)
+            f = (lo + (1 + cfg.contrast - lo) * u["contrast"][:, 0]).view(b, 1, 1, 1)
             m = (y.mean((2, 3)) * k["gray"]).sum(1).view(b, 1, 1, 1)  # mean of the grayscale image
             y.mul_(f).add_((1 - f) * m).clamp_(0.0, 255.0)
 
         y.mul_(k["scale"]).sub_(k["shift"])  # 5. normalise
-        if "erase" in c:  # 6. value 0 after normalisation
-            y.mul_(self._erase_keep(u[:, c["erase"] :], k, h, w))
+        if "erasing" in u:  # 6. value 0 after normalisation
+            y.mul_(self._erase_keep(u["erasing"], k, h, w))
         return y.contiguous()
 
-    def _crop_flip(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def _crop_flip(self, x: torch.Tensor, u: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """uint8 (B,3,H,W) -> uint8 (B,3,H,W): per-image window of the padded batch, maybe
         mirrored; one row ``index_select`` and one column ``gather``, exact integer shifts."""
         b, ch, h, w = x.shape
@@ -214,16 +255,15 @@ class BatchAugment:
         cols = torch.arange(w, device=dev).expand(b, w)
         out = x
         if p:
-            k = self._cols["crop"]
-            off = (u[:, k : k + 2] * (2 * p + 1)).long().clamp_(max=2 * p)  # uniform 0..2p
+            off = (u["crop"] * (2 * p + 1)).long().clamp_(max=2 * p)  # uniform 0..2p
             hp, wp = h + 2 * p, w + 2 * p
             planes = torch.arange(b * ch, device=dev).view(b, ch, 1) * hp  # first row of each
             rows = (rows + off[:, :1])[:, None] + planes  # (B, 3, H) rows of the padded stack
             cols = cols + off[:, 1:]
             out = F.pad(x, (p, p, p, p)).view(b * ch * hp, wp)
             out = out.index_select(0, rows.reshape(-1)).view(b, ch, h, wp)
-        if "flip" in self._cols:
-            cols = torch.where(u[:, self._cols["flip"], None] < 0.5, cols.flip(1), cols)
+        if "flip" in u:
+            cols = torch.where(u["flip"] < 0.5, cols.flip(1), cols)
         return out.gather(3, cols[:, None, None, :].expand(b, ch, h, w))
 
     def _erase_keep(self, u: torch.Tensor, k: dict, h: int, w: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core import rng
 from core.augment import BatchAugment, normalize
 from core.config import RunConfig
 from core.data import Splits, load_splits
@@ -263,13 +264,17 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
     device = select_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     data = (splits or load_splits(cfg.data)).to(device)
-    model = create_model(cfg.model).to(device, memory_format=memory_format(cfg, device))
+    # Common random numbers (core.rng): the weights, the data order, each augmentation operation and
+    # each dropout layer draw from their own stream of train.seed, so arms that share the seed share
+    # every draw their configs allow.
+    model = create_model(cfg.model, seed=cfg.train.seed).to(device, memory_format=memory_format(cfg, device))
     opt = _optimizer(cfg, model)
     autocast, use_scaler = autocast_context(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     augment = BatchAugment(cfg.augment)
     fmt = memory_format(cfg, device)
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)  # data order + augmentation
+    order_gen = rng.generator(cfg.train.seed, "order", device)
+    augment_gens = rng.augment_generators(cfg.train.seed, device)
 
     n, bs = len(data.train_x), cfg.train.batch_size
     steps = n // bs if n >= bs else 1  # drop the last partial batch: steady shapes, as the seeds' loaders
@@ -286,12 +291,12 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
         # ---- one training epoch ----
         model.train()
         te = time.perf_counter()
-        order = torch.randperm(n, device=device, generator=gen)
+        order = torch.randperm(n, device=device, generator=order_gen)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         for step in range(steps):
             idx = order[step * bs : (step + 1) * bs]
-            xb = augment(data.train_x[idx], gen).contiguous(memory_format=fmt)  # (B, 3, 32, 32) float
+            xb = augment(data.train_x[idx], augment_gens).contiguous(memory_format=fmt)  # (B, 3, 32, 32) float
             yb = data.train_y[idx]
             with autocast:
                 logits = model(xb)

@@ -4,7 +4,7 @@ import torchvision
 from torch import nn
 
 from core.config import ConfigError, ModelConfig
-from core.models import create_model, list_models, resolve_model_config
+from core.models import SeededDropout, create_model, list_models, resolve_model_config
 
 
 def _count(model: nn.Module, kind: type) -> int:
@@ -64,7 +64,7 @@ def test_cnn4_is_seed_000():
     assert _count(model, nn.Conv2d) == 4 and _count(model, nn.BatchNorm2d) == 4
     assert _count(model, nn.MaxPool2d) == 3  # blocks 2-4 only
     assert _count(model, nn.Dropout) == 1 and _count(model, nn.Dropout2d) == 0
-    assert _layer_types(model.classifier) == [nn.Flatten, nn.Dropout, nn.Linear]
+    assert _layer_types(model.classifier) == [nn.Flatten, SeededDropout, nn.Linear]
     assert model.classifier[-1].in_features == 4096
 
 
@@ -117,7 +117,7 @@ def test_cnn5_is_seed_001():
     assert _count(model, nn.BatchNorm2d) == 5 and _count(model, nn.ReLU) == 6
     pooled = [any(isinstance(m, nn.MaxPool2d) for m in block) for block in model.features]
     assert pooled == [False, True, False, True, True]
-    assert _layer_types(model.classifier) == [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert _layer_types(model.classifier) == [nn.Flatten, nn.Linear, nn.ReLU, SeededDropout, nn.Linear]
     fc1, fc2 = model.classifier[1], model.classifier[4]
     assert (fc1.in_features, fc1.out_features, fc2.in_features, fc2.out_features) == (4096, 512, 512, 10)
     assert model.classifier[3].p == 0.5 and _count(model, nn.Dropout2d) == 0
@@ -135,7 +135,7 @@ def test_cnn3_is_seed_004():
     assert model.classifier[3].out_features == 10
     toggled = create_model(ModelConfig(name="cnn3", batchnorm=True, dropout="fc", first_pool=False))
     assert _count(toggled, nn.BatchNorm2d) == 3 and _count(toggled, nn.MaxPool2d) == 2
-    assert _layer_types(toggled.classifier)[-2:] == [nn.Dropout, nn.Linear]
+    assert _layer_types(toggled.classifier)[-2:] == [SeededDropout, nn.Linear]
     assert toggled.classifier[1].in_features == 128 * 8 * 8
 
 

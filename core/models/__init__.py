@@ -13,6 +13,7 @@ custom CNN), ``cnn3`` (004), ``cnn_s002`` (002), ``cnn_s003`` (003),
 ``model.weights``).
 """
 
+from core.models.crn import SeededDropout, SeededDropout2d, init_weights, stable_names
 from core.models.registry import (
     create_model,
     list_models,
@@ -27,10 +28,14 @@ from core.models import cnn as _cnn  # noqa: F401, E402  isort: skip
 from core.models import resnet as _resnet  # noqa: F401, E402  isort: skip
 
 __all__ = [
+    "SeededDropout",
+    "SeededDropout2d",
     "create_model",
+    "init_weights",
     "list_models",
     "load_weights",
     "preset_defaults",
     "register_model",
     "resolve_model_config",
+    "stable_names",
 ]

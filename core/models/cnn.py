@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.config import ConfigError, ModelConfig
+from core.models.crn import SeededDropout, SeededDropout2d
 from core.models.registry import FrozenNormEval, register_model
 
 DROPOUT_PLACEMENTS = ("none", "conv", "fc", "both")
@@ -41,7 +42,9 @@ class ConfigurableCNN(FrozenNormEval):
     ``Dropout2d`` (if dropout in conv, both). After the last block the features
     are flattened and fed to ``[Linear(-> hidden) -> ReLU] -> Dropout (if dropout
     in fc, both) -> Linear(-> num_classes)``: with a hidden layer the dropout
-    follows its ReLU, as in seed 001.
+    follows its ReLU, as in seed 001. The dropouts are ``core.models.crn``'s seeded
+    ``SeededDropout2d`` / ``SeededDropout`` (subclasses of ``nn.Dropout2d`` / ``nn.Dropout``),
+    so arms with the same seed drop the same units where their shapes agree.
 
     Args:
         widths: output channels of each conv block, e.g. ``(32, 64, 128, 256)``.
@@ -108,7 +111,7 @@ class ConfigurableCNN(FrozenNormEval):
                         f"{image_size} x {image_size} input"
                     )
             if dropout in ("conv", "both") and dropout_p > 0:
-                layers.append(nn.Dropout2d(dropout_p))
+                layers.append(SeededDropout2d(dropout_p))
             blocks.append(nn.Sequential(*layers))
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
@@ -118,7 +121,7 @@ class ConfigurableCNN(FrozenNormEval):
             head += [nn.Linear(features, hidden), nn.ReLU(inplace=True)]
             features = hidden
         if dropout in ("fc", "both") and dropout_p > 0:
-            head.append(nn.Dropout(dropout_p))
+            head.append(SeededDropout(dropout_p))
         head.append(nn.Linear(features, num_classes))
         self.classifier = nn.Sequential(*head)
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from core.config import ConfigError, ModelConfig
+from core.models.crn import init_weights
 
 __all__ = [
     "FrozenNormEval",
@@ -242,11 +243,14 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     return resolved
 
 
-def create_model(cfg: ModelConfig) -> nn.Module:
+def create_model(cfg: ModelConfig, seed: int | None = None) -> nn.Module:
     """Build the network ``cfg.name`` with the settings in ``cfg``, on the CPU, in training mode.
 
-    Loads ``cfg.weights`` (if set) and freezes parameters outside ``cfg.trainable``
-    (if not empty); see the module docstring.
+    With ``seed``, draws every layer's initial weights and dropout masks from its own stream of
+    that seed (``core.models.crn.init_weights``: common random numbers across arms); without,
+    PyTorch's global generator as usual. Then loads ``cfg.weights`` (if set: the file wins over
+    the initial values) and freezes parameters outside ``cfg.trainable`` (if not empty); see the
+    module docstring.
 
     Shapes:
         The model maps float images (B, 3, 32, 32) to logits (B, cfg.num_classes).
@@ -256,6 +260,8 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     """
     cfg = resolve_model_config(cfg)
     model = _preset(cfg.name).build(cfg)
+    if seed is not None:
+        init_weights(model, seed)
     if cfg.weights is not None:
         load_weights(model, cfg.weights, cfg.name)
     set_trainable(model, tuple(cfg.trainable or ()), cfg.name)

@@ -14,6 +14,7 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from core.config import ConfigError, ModelConfig
+from core.models.crn import SeededDropout
 from core.models.registry import FrozenNormEval, register_model
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ResNet18"]
@@ -42,9 +43,14 @@ class ResNet18(FrozenNormEval, ResNet):
             inside ``forward``, so the data stays 32x32 uint8 on the device.
         num_classes: output logits (the ``fc`` layer's size).
 
+    ``conv_init = "kaiming_normal_fan_out"`` tells ``core.models.init_weights`` to draw the convs
+    as torchvision's ResNet does (``kaiming_normal_``, fan out, ReLU gain).
+
     Shapes:
         input float (B, 3, H, W) -> logits (B, num_classes).
     """
+
+    conv_init = "kaiming_normal_fan_out"
 
     def __init__(
         self,
@@ -64,7 +70,7 @@ class ResNet18(FrozenNormEval, ResNet):
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         if not first_pool:
             self.maxpool = nn.Identity()
-        self.dropout = nn.Dropout(dropout_p) if dropout_p > 0 else nn.Identity()
+        self.dropout = SeededDropout(dropout_p) if dropout_p > 0 else nn.Identity()
         self.input_size = input_size
 
     def forward(self, x: Tensor) -> Tensor:
