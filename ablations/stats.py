@@ -24,7 +24,14 @@ points). Methods and sources:
   (Holm 1979), from statsmodels;
 - the number of seeds per arm for 80% power of the same two-sided t test,
   from the noncentral t distribution (``scipy.stats.nct``; Cohen 1988,
-  ch. 2), checked in the tests against G*Power and statsmodels.
+  ch. 2), checked in the tests against G*Power and statsmodels;
+- for sequential studies, which look at the data after every round of seeds
+  and stop once the question is decided, an anytime-valid confidence
+  sequence for the mean per-seed contrast with unknown variance (the
+  scale-invariant Gaussian-mixture t test martingale of Wang & Ramdas 2023,
+  after Lai 1976), valid at every look at once, so stopping early keeps its
+  error rate; equivalence within a margin read off the same sequence (the
+  sequential form of Schuirmann's 1987 two one-sided tests).
 
 Raises nothing on small samples: quantities that cannot be computed are NaN
 and the verdict functions say why.
@@ -42,6 +49,7 @@ import pandas as pd
 from scipy import stats
 
 __all__ = [
+    "CS_MIXTURE",
     "MIN_SEEDS",
     "Contrast",
     "Summary",
@@ -50,7 +58,12 @@ __all__ = [
     "holm",
     "judge_claim",
     "seeds_needed",
+    "sequential_contrast",
+    "sequential_from_values",
+    "sequential_verdict",
     "summarize",
+    "t_cs",
+    "t_cs_martingale",
     "t_test_power",
     "verdict",
 ]
@@ -428,3 +441,170 @@ def judge_claim(c: Contrast, direction: str, min_effect: float | None = None, mi
     if lo > 0:
         return "supported"
     return "inconclusive"
+
+
+# ------------------------------------------------------------------------------ sequential (anytime-valid)
+
+CS_MIXTURE = 0.1  # c: prior precision of the standardised effect; narrowest near 5-20 seeds, can decide at 3
+
+
+def t_cs_martingale(d: Sequence[float] | np.ndarray, mu: float = 0.0, c: float = CS_MIXTURE) -> np.ndarray:
+    """The t test martingale for "the mean of ``d`` is ``mu``", after each of its values.
+
+    With ``y_i = d_i - mu``, ``S_n = sum y_i`` and ``V_n = sum y_i^2``, the value after n values is
+
+        M_n = sqrt(c / (n + c)) * (V_n / (V_n - S_n^2 / (n + c)))^(n / 2),
+
+    the ratio of the likelihood of the scale-invariant part of the data under
+    ``mean = mu + delta`` with ``delta ~ N(0, sigma^2 / c)`` to that under
+    ``mean = mu``, both mixed over sigma with the right Haar measure
+    ``d sigma / sigma`` (Wang & Ramdas 2023, "Anytime-valid t-tests and
+    confidence sequences for Gaussian means with unknown variance",
+    Sequential Analysis, sect. 3: Lai's 1976 construction with a Gaussian
+    instead of a flat mixture over the mean). Under ``mean = mu`` (any sigma)
+    it is a nonnegative martingale with ``M_1 = 1`` in the filtration of the
+    scale-invariant statistics, so by Ville's inequality
+    ``P(M_n >= 1/alpha for some n) <= alpha``: a test that rejects the first
+    time ``M_n >= 1/alpha`` keeps level alpha however often it looks.
+
+    Args:
+        d: values in the order they were observed (per-seed contrasts, seeds in order).
+        mu: the null value of the mean.
+        c: mixture precision (> 0).
+
+    Returns:
+        ``M_1 .. M_n`` as a float array (n,); ``inf`` where every value so far equals ``mu`` is
+        impossible (that gives ``M_n`` < 1), and ``inf`` where the values are equal but not ``mu``.
+    """
+    y = np.asarray(d, dtype=float) - mu
+    n = np.arange(1, len(y) + 1, dtype=float)
+    s, v = np.cumsum(y), np.cumsum(y * y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(v > 0, s * s / ((n + c) * v), 0.0)  # in [0, n / (n + c)]
+        log_m = 0.5 * np.log(c / (n + c)) - 0.5 * n * np.log1p(-q)
+    return np.exp(log_m)
+
+
+def t_cs(d: Sequence[float] | np.ndarray, alpha: float = 0.05, c: float = CS_MIXTURE) -> tuple[float, float]:
+    """The anytime-valid (1 - alpha) confidence sequence for the mean of ``d``, at ``n = len(d)``.
+
+    The set of ``mu`` with ``M_n(mu) < 1/alpha`` (:func:`t_cs_martingale`). In closed form, with
+    mean ``m``, ``SS = sum (d_i - m)^2``, ``r = (alpha sqrt(c / (n + c)))^(2/n)`` and
+    ``k = (1 - r)(n + c)``: ``m ± sqrt(k SS / (n (n - k)))`` when ``n > k``, else the whole line
+    (too few values for any bound at this alpha). It covers the true mean at every n at once with
+    probability at least 1 - alpha when the values are independent draws of one normal
+    distribution (Wang & Ramdas 2023, see :func:`t_cs_martingale`), so an interval read at a look
+    chosen by the data (the first that decides) is still a valid (1 - alpha) interval. At a fixed n it
+    is wider than Student's t interval: that is the price of looking as often as one likes.
+
+    Args:
+        d: the observed values (n, any order: the interval at n depends only on their mean and spread).
+        alpha: error probability over the whole sequence, in (0, 1).
+        c: mixture precision (> 0): larger c narrows the sequence at large n and widens it at small n.
+
+    Returns:
+        ``(low, high)``; ``(-inf, inf)`` when n is too small; ``(m, m)`` when every value is ``m``.
+
+    Raises:
+        ValueError: alpha outside (0, 1) or c <= 0.
+    """
+    if not 0 < alpha < 1 or c <= 0:
+        raise ValueError(f"need 0 < alpha < 1 and c > 0, got alpha={alpha}, c={c}")
+    x = np.asarray(d, dtype=float)
+    n = len(x)
+    if n < 2:
+        return -math.inf, math.inf
+    m = float(x.mean())
+    ss = float(((x - m) ** 2).sum())
+    if ss <= 1e-24 * max(1.0, m * m) * n:  # every value equal (two identical arms: all differences 0)
+        return m, m
+    r = (alpha * math.sqrt(c / (n + c))) ** (2.0 / n)
+    k = (1.0 - r) * (n + c)
+    if n <= k:
+        return -math.inf, math.inf
+    half = math.sqrt(k * ss / (n * (n - k)))
+    return m - half, m + half
+
+
+def sequential_contrast(
+    arms: Mapping[str, pd.Series], weights: Mapping[str, float], alpha: float = 0.05, c: float = CS_MIXTURE
+) -> Contrast:
+    """A contrast of arms with an anytime-valid interval (:func:`t_cs`) instead of a fixed-n t interval.
+
+    The contrast is computed per seed over the seeds every weighted arm has run (seeds in
+    increasing order, the order a sequential study adds them). ``p`` is the anytime-valid
+    p-value ``min(1, 1 / M_n(0))`` (:func:`t_cs_martingale`; ``P(M_tau >= 1/alpha) <= alpha`` at any
+    stopping time tau, by Ville's inequality): below alpha exactly when this interval excludes 0.
+
+    Args:
+        arms: arm name -> values indexed by seed.
+        weights: arm name -> weight (summing to 0).
+        alpha: error probability of the whole sequence (divide it by the number of comparisons
+            first: Bonferroni).
+        c: mixture precision.
+
+    Returns:
+        A :class:`Contrast` with ``test = "t-CS"``, ``level = 1 - alpha``; NaN interval and
+        ``test = "-"`` when fewer than 2 seeds are shared.
+
+    Raises:
+        KeyError: a weighted arm is missing from ``arms``.
+    """
+    used = {a: float(w) for a, w in weights.items() if w != 0}
+    series = {a: arms[a].astype(float).dropna() for a in used}
+    shared = None
+    for s in series.values():
+        shared = s.index if shared is None else shared.intersection(s.index)
+    w_ss = float(sum(w * w for w in used.values()))
+    nan = math.nan
+    if shared is None or len(shared) < 2:
+        n = 0 if shared is None else len(shared)
+        return Contrast(nan, nan, nan, 1 - alpha, nan, "-", nan, n, nan, "-", nan, "d_z", nan, w_ss)
+    shared = shared.sort_values()
+    d = np.asarray(sum(w * series[a].loc[shared].to_numpy() for a, w in used.items()), dtype=float)
+    return sequential_from_values(d, alpha, c, w_ss)
+
+
+def sequential_from_values(d: np.ndarray, alpha: float = 0.05, c: float = CS_MIXTURE, w_ss: float = 2.0) -> Contrast:
+    """:func:`sequential_contrast` on per-seed contrasts ``d`` (n,) already computed, seeds in order.
+
+    Raises:
+        ValueError: alpha outside (0, 1) or c <= 0.
+    """
+    d = np.asarray(d, dtype=float)
+    lo, hi = t_cs(d, alpha, c)
+    n, mean = len(d), float(d.mean())
+    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    if lo == hi:  # no spread
+        p = 0.0 if mean != 0 else 1.0
+    else:
+        p = float(min(1.0, 1.0 / t_cs_martingale(d, 0.0, c)[-1]))
+    es = mean / sd if sd > 0 else math.nan
+    return Contrast(mean, lo, hi, 1 - alpha, p, "t-CS", n - 1, n, math.nan, "-", es, "d_z", sd, w_ss)
+
+
+def sequential_verdict(c: Contrast, maximize: bool, margin: float | None = None) -> str:
+    """The verdict of an anytime-valid comparison (:func:`sequential_contrast`).
+
+    - ``better`` / ``worse``: the interval excludes 0 (on the better or worse side of the metric);
+    - ``equivalent``: it lies inside ``(-margin, margin)`` and contains 0: no difference as large
+      as the margin (the sequential form of two one-sided tests, Schuirmann 1987, read off the same
+      (1 - alpha) sequence, which is conservative);
+    - ``no detectable difference``: neither yet.
+
+    Args:
+        c: treatment minus baseline with its anytime-valid interval.
+        maximize: whether larger values of the metric are better.
+        margin: the equivalence margin (positive, the values' unit), or None for no equivalence.
+
+    Returns:
+        One of the four verdicts.
+    """
+    lo, hi = c.ci_low, c.ci_high
+    if not (lo == lo and hi == hi):
+        return "no detectable difference"
+    if lo > 0 or hi < 0:
+        return "better" if (c.estimate > 0) == maximize else "worse"
+    if margin is not None and margin > 0 and -margin < lo and hi < margin:
+        return "equivalent"
+    return "no detectable difference"

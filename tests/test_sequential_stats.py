@@ -1,0 +1,157 @@
+"""Anytime-valid comparisons: the confidence sequence itself, and by simulation that stopping at the first
+decided look keeps the error rate (and that the naive fixed-n rule does not).
+
+The simulated studies run through the same functions the report and the runner use for every comparison of a
+sequential study (``stats.sequential_contrast`` and ``stats.sequential_verdict``), with the looks of the default
+``sequential`` block: 3 seeds per arm, then 2 more per round up to 20.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from ablations import stats
+
+LOOKS = [3, 5, 7, 9, 11, 13, 15, 17, 19, 20]  # seeds per arm at each look: seeds [0, 1, 2], step 2, max_seeds 20
+ALPHA = 0.05
+N_SIM = 4000  # Monte Carlo error of a rate near 0.05: sqrt(0.05 * 0.95 / 4000) = 0.0034
+
+
+def mc_error(rate: float, n: int = N_SIM) -> float:
+    """Standard error of a simulated rate (binomial)."""
+    return math.sqrt(max(rate * (1 - rate), 1e-12) / n)
+
+
+def run_sequential(diffs: np.ndarray, alpha: float = ALPHA, margin: float | None = None, maximize: bool = True):
+    """One simulated study with a single comparison: the verdict and interval at the first decided look.
+
+    ``diffs`` (max_seeds,) are the per-seed treatment-minus-baseline values in seed order.
+    """
+    for n in LOOKS:
+        c = stats.sequential_from_values(diffs[:n], alpha)
+        v = stats.sequential_verdict(c, maximize, margin)
+        if v != "no detectable difference":
+            return v, c, n
+    return v, c, n
+
+
+def naive(diffs: np.ndarray, alpha: float = ALPHA):
+    """The rule this replaces: stop at the first look whose fixed-n paired t interval excludes 0."""
+    for n in LOOKS:
+        d = diffs[:n]
+        half = sps.t.ppf(1 - alpha / 2, n - 1) * d.std(ddof=1) / math.sqrt(n)
+        if abs(d.mean()) > half:
+            return "decided", n
+    return "no detectable difference", LOOKS[-1]
+
+
+def test_the_interval_is_the_set_where_the_martingale_stays_below_one_over_alpha():
+    d = np.random.default_rng(0).normal(0.3, 1.0, 9)
+    lo, hi = stats.t_cs(d, ALPHA)
+    assert stats.t_cs_martingale(d, lo)[-1] == pytest.approx(1 / ALPHA)
+    assert stats.t_cs_martingale(d, hi)[-1] == pytest.approx(1 / ALPHA)
+    assert stats.t_cs_martingale(d, (lo + hi) / 2)[-1] < 1 / ALPHA
+    assert stats.t_cs_martingale(d, hi + 0.01)[-1] > 1 / ALPHA
+    assert stats.t_cs_martingale(d, 0.0)[0] == pytest.approx(1.0)  # one value says nothing about the mean
+
+
+def test_the_interval_is_wider_than_the_fixed_n_t_interval_and_narrows_with_n():
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.0, 1.0, 40)
+    widths = []
+    for n in (5, 10, 20, 40):
+        lo, hi = stats.t_cs(d[:n], ALPHA)
+        t_lo, t_hi = sps.t.interval(1 - ALPHA, n - 1, loc=d[:n].mean(), scale=sps.sem(d[:n]))
+        assert lo < t_lo and hi > t_hi
+        widths.append((hi - lo) / d[:n].std(ddof=1))  # in units of the observed spread
+    assert widths == sorted(widths, reverse=True)
+
+
+def test_no_spread_gives_a_point_and_identical_arms_are_equivalent():
+    assert stats.t_cs([0.0, 0.0, 0.0]) == (0.0, 0.0)
+    c = stats.sequential_contrast(
+        {"a": pd.Series([50.0, 51.0, 49.0]), "b": pd.Series([50.0, 51.0, 49.0])}, {"a": 1.0, "b": -1.0}
+    )
+    assert (c.ci_low, c.ci_high, c.estimate) == (0.0, 0.0, 0.0)
+    assert stats.sequential_verdict(c, True, margin=1.0) == "equivalent"
+    assert stats.sequential_verdict(c, True) == "no detectable difference"  # no margin: equivalence not asked
+
+
+def test_too_few_seeds_give_the_whole_line():
+    assert stats.t_cs([1.0, 2.0]) == (-math.inf, math.inf)
+
+
+def test_null_studies_stop_with_a_false_verdict_at_most_alpha_of_the_time_and_the_naive_rule_does_not():
+    rng = np.random.default_rng(2023)
+    data = rng.normal(0.0, 2.5, (N_SIM, LOOKS[-1]))  # true effect 0, SD 2.5 pp (the batchnorm study's spread)
+    false = sum(run_sequential(d)[0] in ("better", "worse") for d in data) / N_SIM
+    naive_false = sum(naive(d)[0] == "decided" for d in data) / N_SIM
+    # The anytime-valid rule keeps alpha (Ville's inequality; it is conservative at 10 looks)...
+    assert false + 3 * mc_error(false) <= ALPHA, f"false positives {false:.4f} ± {mc_error(false):.4f}"
+    # ...the rule it replaces, stopping when the fixed-n t interval excludes 0, does not: about 0.2 at 10 looks.
+    assert naive_false - 3 * mc_error(naive_false) > 2 * ALPHA, f"naive {naive_false:.4f}"
+
+
+def test_a_family_of_comparisons_sharing_alpha_keeps_the_family_wise_rate():
+    rng = np.random.default_rng(7)
+    m, fam_alpha = 3, ALPHA / 3  # three arms against one baseline, Bonferroni: alpha / 3 each
+    errors = 0
+    for _ in range(N_SIM // 2):
+        base = rng.normal(50.0, 2.0, LOOKS[-1])
+        arms = [base + rng.normal(0.0, 2.0, LOOKS[-1]) for _ in range(m)]  # all null, correlated through base
+        for n in LOOKS:
+            verdicts = [
+                stats.sequential_verdict(stats.sequential_from_values(a[:n] - base[:n], fam_alpha), True, margin=0.5)
+                for a in arms
+            ]
+            if any(v in ("better", "worse") for v in verdicts):
+                errors += 1
+                break
+            if all(v != "no detectable difference" for v in verdicts):
+                break
+    rate = errors / (N_SIM // 2)
+    assert rate + 3 * mc_error(rate, N_SIM // 2) <= ALPHA, f"family-wise error {rate:.4f}"
+
+
+@pytest.mark.parametrize("effect", [0.0, 0.7, 3.0])
+def test_the_interval_at_the_stop_covers_the_true_effect(effect):
+    """Stopping at the first decided look (better, worse or equivalent within 1 pp) keeps 1 - alpha coverage."""
+    rng = np.random.default_rng(int(effect * 10) + 11)
+    data = rng.normal(effect, 2.5, (N_SIM, LOOKS[-1]))
+    covered = 0
+    for d in data:
+        _, c, _ = run_sequential(d, margin=1.0)
+        covered += c.ci_low <= effect <= c.ci_high
+    rate = covered / N_SIM
+    assert rate - 3 * mc_error(rate) >= 1 - ALPHA, f"coverage {rate:.4f} ± {mc_error(rate):.4f}"
+
+
+def test_a_large_effect_stops_at_the_first_look_and_a_null_one_can_end_equivalent():
+    rng = np.random.default_rng(5)
+    v, c, n = run_sequential(rng.normal(15.0, 1.0, LOOKS[-1]))  # lr 1e-3 vs 1e-5: points apart, little spread
+    assert (v, n) == ("better", LOOKS[0])
+    v, c, n = run_sequential(rng.normal(-15.0, 1.0, LOOKS[-1]))
+    assert (v, n) == ("worse", LOOKS[0])
+    ends = [run_sequential(rng.normal(0.0, 0.3, LOOKS[-1]), margin=1.0)[0] for _ in range(50)]
+    assert ends.count("equivalent") >= 45
+
+
+def test_the_contrast_of_two_arms_pairs_them_by_seed():
+    rng = np.random.default_rng(4)
+    base = pd.Series(rng.normal(50, 2, 8), index=range(8))
+    treat = pd.Series(base + rng.normal(1, 1, 8), index=range(8)).drop(5)  # seed 5 failed in the treatment arm
+    c = stats.sequential_contrast({"t": treat, "b": base}, {"t": 1.0, "b": -1.0})
+    d = (treat - base.drop(5)).to_numpy()
+    assert c.n == 7 and c.estimate == pytest.approx(d.mean())
+    assert (c.ci_low, c.ci_high) == pytest.approx(stats.t_cs(d))
+
+
+def test_anytime_p_value_is_below_alpha_exactly_when_the_interval_excludes_zero():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        d = rng.normal(0.8, 1.0, 12)
+        c = stats.sequential_contrast({"t": pd.Series(d), "b": pd.Series(np.zeros(12))}, {"t": 1.0, "b": -1.0})
+        assert (c.p < ALPHA) == (not c.ci_low <= 0 <= c.ci_high)
