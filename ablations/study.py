@@ -412,6 +412,10 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise StudyError(path, "", f"not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:  # random bytes, an image, an archive: say which file
+        raise StudyError(path, "", f"not a text file (byte {exc.start} is not UTF-8): a study file is YAML") from None
+    except OSError as exc:
+        raise StudyError(path, "", f"cannot read it: {exc.strerror or exc}") from None
     if not isinstance(raw, dict):
         raise StudyError(path, "", "a study file is a mapping with name, question, factors, seeds, ...")
     for key in raw:

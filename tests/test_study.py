@@ -105,6 +105,15 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_study(write(tmp_path, "name: [unclosed"))
 
 
+def test_a_study_file_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "noise.yaml"
+    path.write_bytes(bytes([0xDC, 0x00, 0xFF, 0x9C]) + bytes(range(256)))  # random bytes, not UTF-8
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    assert str(path) in str(info.value) and "not a text file" in str(info.value)
+    assert "codec" not in str(info.value)
+
+
 def test_mapping_factor_and_dotted_key_factor(tmp_path):
     text = GOOD.replace(
         "batchnorm: [true, false]",
