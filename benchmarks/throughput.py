@@ -24,6 +24,7 @@ is to pure compute). Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from core.augment import BatchAugment, ReferenceDataset, reference_transform
 from core.config import RunConfig, apply_overrides
-from core.data import load_cifar10, make_splits
+from core.data import DataError, load_cifar10, make_splits
 from core.models import create_model
 from core.train import Callback, autocast_context, fit, memory_format, select_device
 
@@ -137,7 +138,10 @@ def main() -> None:
 
     device = select_device(args.device)
     cfg = apply_overrides(RunConfig(), {"model.name": args.model, "train.device": str(device)})
-    data = load_cifar10()  # $ABLATE_DATA
+    try:
+        data = load_cifar10()  # $ABLATE_DATA
+    except DataError as exc:  # no data set: the CLI's one-line message, not a traceback
+        sys.exit(f"Error: {exc}")
     splits = make_splits(data, val_fraction=0.0, split_seed=0, test_subset=10)
     threads = torch.get_num_threads()
     print(
