@@ -64,3 +64,5 @@ _ablate_services_start() {
 }
 
 _ablate_services_start
+# A one-node Slurm cluster for tests/test_slurm.py (ABLATE_TEST_SLURM, SLURM_CONF); its trap stops both.
+source "$(dirname "${BASH_SOURCE[0]}")/slurm.sh"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,6 +35,101 @@ storage_option = click.option(
 )
 
 
+def slurm_options(f):
+    """``--launcher`` and the ``--slurm-*`` options of ``ablate run`` (see ablations.slurm)."""
+    options = [
+        click.option(
+            "--launcher",
+            type=click.Choice(["local", "slurm"]),
+            default="local",
+            show_default=True,
+            help="Where the --workers run: processes here, or Slurm jobs (one array; needs PostgreSQL "
+            "--storage and a tracking server).",
+        ),
+        click.option("--slurm-partition", default=None, metavar="P", help="Slurm partition of the worker jobs."),
+        click.option(
+            "--slurm-time",
+            default="4:00:00",
+            show_default=True,
+            metavar="T",
+            help="Time limit of each job: minutes, HH:MM:SS or D-HH:MM:SS.",
+        ),
+        click.option(
+            "--slurm-cpus-per-worker",
+            type=click.IntRange(1),
+            default=None,
+            metavar="C",
+            help="CPUs per job (also its torch threads).",
+        ),
+        click.option(
+            "--slurm-gpus-per-worker", type=click.IntRange(0), default=None, metavar="G", help="GPUs per job."
+        ),
+        click.option("--slurm-mem", default=None, metavar="M", help="Memory per job, as sbatch --mem (e.g. 16G)."),
+        click.option("--slurm-account", default=None, metavar="A", help="Slurm account to charge."),
+        click.option("--slurm-qos", default=None, metavar="Q", help="Slurm quality of service."),
+        click.option(
+            "--slurm-setup",
+            multiple=True,
+            metavar="LINE",
+            help="Shell line run before the worker in each job, e.g. 'module load cuda' (repeatable).",
+        ),
+        click.option(
+            "--slurm-option",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Any other sbatch option, e.g. constraint=a100 (repeatable).",
+        ),
+        click.option(
+            "--slurm-folder",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("slurm-jobs"),
+            show_default=True,
+            help="submitit's files and the jobs' logs, on a disk the nodes share.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _slurm_launcher(launcher: str, study, tracking_uri: str | None, storage: str | None, slurm: dict):
+    """The SlurmLauncher for ``--launcher slurm`` (``None`` for local); a bad store or option is a usage error."""
+    if launcher != "slurm":
+        given = [k for k, v in slurm.items() if v not in (None, (), Path("slurm-jobs"), "4:00:00")]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} needs --launcher slurm")
+        return None
+    from ablations.search import resolve_storage
+    from ablations.slurm import SlurmError, SlurmLauncher, SlurmOptions, check_shared_stores, parse_time, study_progress
+    from ablations.tracking import resolve_tracking_uri
+
+    url = resolve_storage(storage)
+    try:
+        check_shared_stores(resolve_tracking_uri(tracking_uri), url)
+        extra = {}
+        for item in slurm["slurm_option"]:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SlurmError(f"--slurm-option {item!r}: expected KEY=VALUE, e.g. constraint=a100")
+            extra[key.strip().lstrip("-")] = value
+        options = SlurmOptions(
+            partition=slurm["slurm_partition"],
+            time_min=parse_time(slurm["slurm_time"]),
+            cpus_per_worker=slurm["slurm_cpus_per_worker"],
+            gpus_per_worker=slurm["slurm_gpus_per_worker"],
+            mem=slurm["slurm_mem"],
+            account=slurm["slurm_account"],
+            qos=slurm["slurm_qos"],
+            setup=list(slurm["slurm_setup"]),
+            extra=extra,
+            folder=slurm["slurm_folder"],
+            job_name=f"ablate-{study.name}",
+        )
+    except SlurmError as exc:
+        raise click.UsageError(str(exc)) from None
+    return SlurmLauncher(options, progress=lambda: study_progress(study, url), echo=lambda line: click.echo(line))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="ablate")
 def main() -> None:
@@ -53,8 +149,22 @@ def main() -> None:
     show_default=True,
     help="Worker processes sharing the queue (CPU: each gets cores/workers torch threads).",
 )
+@click.option(
+    "--until-decided",
+    is_flag=True,
+    help="Add seeds in rounds until every deciding comparison is decided (the study's `sequential` block, "
+    "or max 20 seeds per arm, step 2).",
+)
+@click.option(
+    "--max-seeds",
+    type=click.IntRange(2),
+    default=None,
+    metavar="N",
+    help="Cap of seeds per arm (implies --until-decided).",
+)
 @tracking_option
 @storage_option
+@slurm_options
 def run(
     study_file: Path,
     profile: str | None,
@@ -62,11 +172,19 @@ def run(
     dry_run: bool,
     no_report: bool,
     workers: int,
+    until_decided: bool,
+    max_seeds: int | None,
     tracking_uri: str | None,
     storage: str | None,
+    launcher: str,
+    **slurm,
 ) -> None:
-    """Train every cell (factor levels x seeds) of STUDY_FILE not yet finished; log each to MLflow."""
-    study = _load(study_file, profile, sets)
+    """Train every cell (factor levels x seeds) of STUDY_FILE not yet finished; log each to MLflow.
+
+    A sequential study (a `sequential` block, --until-decided or --max-seeds) adds seeds in rounds and stops
+    once its question is decided; anytime-valid intervals keep the error rate however many rounds it takes.
+    """
+    study = _load(study_file, profile, sets, until_decided, max_seeds)
     cells = study.cells()
     if dry_run:
         click.echo(f"study {study.name} (profile {study.profile}, key {study.key}): {len(cells)} cells")
@@ -77,9 +195,13 @@ def run(
         click.echo(yaml.safe_dump(study.cell_config(cells[0]).model_dump(mode="json"), sort_keys=False))
         return
 
-    args = _worker_args(study_file, study.profile, sets, tracking_uri, storage, threads=_threads_per_worker(workers))
+    launch = _slurm_launcher(launcher, study, tracking_uri, storage, slurm)  # None: processes on this machine
+    threads = slurm["slurm_cpus_per_worker"] if launch else _threads_per_worker(workers)
+    args = _worker_args(study_file, study.profile, sets, tracking_uri, storage, threads=threads)
+    if study.sequential is not None:  # the workers must know the seeds of every look
+        args += ["--max-seeds", str(study.sequential.max_seeds)]
     if study.search is not None:  # a hyperparameter search (ablations.hpsearch): trials instead of cells
-        _run_search(study, study_file, profile, tracking_uri, storage, workers, args)
+        _run_search(study, study_file, profile, tracking_uri, storage, workers, args, launch)
         return
 
     from ablations.runner import run_study
@@ -88,9 +210,13 @@ def run(
 
     click.echo(f"study {study.name} (profile {study.profile}): {len(cells)} cells; {study.question}")
     try:
-        summary = run_study(study, tracking_uri, storage, workers=workers, worker_args=args)
+        summary = run_study(study, tracking_uri, storage, workers=workers, worker_args=args, launcher=launch)
     except DataError as exc:
         raise click.ClickException(f"{exc}") from None
+    except RuntimeError as exc:  # ablations.slurm.SlurmError: sbatch refused the jobs
+        if type(exc).__name__ != "SlurmError":
+            raise
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         _interrupted(study_file, profile)
     click.echo(
@@ -115,6 +241,9 @@ def run(
 @click.option("--profile", default=None, help="The profile the study was started with (default: full).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="The --set overrides it was started with.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads for this worker (CPU).")
+@click.option(
+    "--max-seeds", type=click.IntRange(2), default=None, metavar="N", help="A sequential study's cap (as in run)."
+)
 @tracking_option
 @storage_option
 def worker(
@@ -122,6 +251,7 @@ def worker(
     profile: str | None,
     sets: tuple[str, ...],
     threads: int | None,
+    max_seeds: int | None,
     tracking_uri: str | None,
     storage: str | None,
 ) -> None:
@@ -137,7 +267,8 @@ def worker(
 
     if threads:
         torch.set_num_threads(threads)
-    study = _load(study_file, profile, sets)
+    _stop_on_signals()
+    study = _load(study_file, profile, sets, max_seeds=max_seeds)
     if study.search is not None:  # every worker runs the same search; the cap holds across them
         from ablations.hpsearch import run_search
 
@@ -158,8 +289,27 @@ def worker(
     click.echo(f"worker {os.getpid()}: trained {len(summary.trained)} cell(s), {len(summary.failed)} failed")
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (scancel, a Slurm time limit, a stopped container) and SIGUSR2 (submitit's warning before
+    the time limit) stop a worker as Ctrl-C does: its run marked KILLED, its trial FAIL, the cell queued."""
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGUSR2", None)):
+        if sig is not None:
+            signal.signal(sig, interrupt)
+
+
 def _run_search(
-    study, study_file: Path, profile: str | None, tracking_uri, storage, workers: int, worker_args: list[str]
+    study,
+    study_file: Path,
+    profile: str | None,
+    tracking_uri,
+    storage,
+    workers: int,
+    worker_args: list[str],
+    launch=None,
 ) -> None:
     """``ablate run`` of a study with a ``search`` block: in this process, or in ``workers`` worker processes.
 
@@ -174,12 +324,12 @@ def _run_search(
 
     click.echo(f"search {study.name} (profile {study.profile}): up to {study.search.n_trials} trials")
     try:
-        if workers > 1:
+        if workers > 1 or launch is not None:  # launch: Slurm jobs (ablations.slurm) instead of processes
             load_splits(study.config.data)  # a missing data set: one message, not one per worker
             # Create both stores' schemas here: workers that all create a fresh SQLite file race.
             Tracker(tracking_uri).experiment(study.name)
             rdb_storage(storage)
-            run_workers(workers, worker_args)
+            (launch or run_workers)(workers, worker_args)
         click.echo(summary_text(run_search(study, tracking_uri, storage), workers), nl=False)
     except DataError as exc:
         raise click.ClickException(f"{exc}") from None
@@ -188,13 +338,36 @@ def _run_search(
 
 
 def _interrupted(study_file: Path, profile: str | None) -> None:
-    """Ctrl-C: say that nothing finished is lost and how to resume; exit 130."""
+    """Ctrl-C: say that nothing finished is lost and how to resume (the same command line); exit 130."""
     click.echo(
         "\ninterrupted: finished runs are kept; the current run is marked KILLED.\n"
-        f"resume with: ablate run {study_file}" + (f" --profile {profile}" if profile else ""),
+        f"resume with: {_resume_command(study_file, profile)}",
         err=True,
     )
     sys.exit(130)
+
+
+def _resume_command(study_file: Path, profile: str | None) -> str:
+    """The ``ablate run`` command line that was given: the file and every option set (``--set``, the stores, ...).
+
+    Read from click's context, so an option added to ``run`` later is repeated too; without a context
+    (called outside a command) only the file and ``--profile``.
+    """
+    words = ["ablate", "run", str(study_file)]
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return shlex.join(words + (["--profile", profile] if profile else []))
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not isinstance(param, click.Option) or value in (None, False, ()) or value == param.default:
+            continue
+        name = max(param.opts, key=len)  # the long name
+        if param.is_flag:
+            words.append(name)
+            continue
+        for item in value if param.multiple else (value,):
+            words += [name, str(item)]
+    return shlex.join(words)
 
 
 def _threads_per_worker(workers: int) -> int | None:
@@ -571,9 +744,11 @@ def models() -> None:
         click.echo(name)
 
 
-def _load(path: Path, profile: str | None, sets: tuple[str, ...]):
+def _load(
+    path: Path, profile: str | None, sets: tuple[str, ...], until_decided: bool = False, max_seeds: int | None = None
+):
     try:
-        return load_study(path, profile, parse_sets(sets))
+        return load_study(path, profile, parse_sets(sets), until_decided, max_seeds)
     except (StudyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 

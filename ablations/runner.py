@@ -14,7 +14,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from optuna.trial import TrialState
@@ -37,7 +39,17 @@ from core.config import DataConfig, RunConfig, config_hash, flatten
 from core.data import Splits, load_splits
 from core.train import Callback, DivergedError, FitResult, fit
 
-__all__ = ["MlflowEpochs", "RunSummary", "RunnerError", "join_study", "run_study", "run_workers", "splits_for"]
+__all__ = [
+    "MlflowEpochs",
+    "RunSummary",
+    "RunnerError",
+    "SequentialState",
+    "join_study",
+    "run_study",
+    "run_workers",
+    "sequential_state",
+    "splits_for",
+]
 
 
 @dataclass
@@ -50,6 +62,8 @@ class RunSummary:
     values: dict[str, float] = field(default_factory=dict)  # cell key -> study metric
     running_elsewhere: list[str] = field(default_factory=list)  # cells another (or a just-killed) worker holds
     parent_run_id: str = ""
+    looks: list[dict] = field(default_factory=list)  # a sequential study: its complete looks (see SequentialState)
+    stopped: str | None = None  # a sequential study: decided, max_seeds or timeout
 
 
 class MlflowEpochs(Callback):
@@ -126,8 +140,11 @@ class _Session:
     """One process's handle on a study: its Optuna study, MLflow parent run and loaded data."""
 
     def __init__(self, study: Study, tracking_uri: str | None, storage: str | None, create: bool) -> None:
-        self.study, self.data_cache = study, {}
-        self.by_key = {c.key: c for c in study.cells()}
+        self.study, self.data_cache, self.tried = study, {}, 0
+        # every cell this study may train (a sequential study: the seeds of its last look), and those of
+        # the current look (what the progress bar counts)
+        self.by_key = {c.key: c for c in study.with_seeds(study.looks()[-1]).cells()}
+        self.scope = {c.key for c in study.cells()}
         splits_for(study.config.data, self.data_cache)  # fail on missing data before anything is logged
         self.tracker = Tracker(tracking_uri)
         self.ostudy, self.storage = open_study(study, storage, on_stale=self._stale)
@@ -178,6 +195,9 @@ class _Session:
                 "alpha": study.alpha,
                 "baseline": study.baseline,
                 "claims": [c.model_dump() for c in study.claims],
+                "sequential": None
+                if study.sequential is None
+                else {**study.sequential.model_dump(), "looks": study.looks()},
             },
         )
 
@@ -193,13 +213,19 @@ class _Session:
         if cell is not None:
             requeue(ostudy, cell)  # Optuna's study: this may run inside open_study, before self.ostudy exists
 
+    def use_seeds(self, seeds: list[int]) -> None:
+        """Work on the cells of these seeds (one look of a sequential study) from now on."""
+        self.study = self.study.with_seeds(seeds)
+        self.scope = {c.key for c in self.study.cells()}
+        self.tracker.client.set_tag(self.parent, f"{TAG}seeds", json.dumps(list(seeds)))
+
     def complete_keys(self) -> set[str]:
         return {t.user_attrs.get("cell") for t in self.ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
 
     def work(self, summary: RunSummary, progress: bool) -> None:
         """Train queued cells until the queue is empty."""
-        study, total = self.study, len(self.by_key)
-        done = len(self.complete_keys() & set(self.by_key))
+        study, total = self.study, len(self.scope)
+        done = len(self.complete_keys() & self.scope)
         bar = tqdm(
             total=total,
             initial=done,
@@ -219,9 +245,9 @@ class _Session:
                 if cell is None:  # a queued cell from an older version of the file
                     self.ostudy.tell(trial, state=TrialState.FAIL)
                     continue
-                label = f"[{len(self.complete_keys() & set(self.by_key)) + 1}/{total}] {cell.key}"
+                label = f"[{len(self.complete_keys() & self.scope) + 1}/{total}] {cell.key}"
                 _run_cell(self, cell, trial, summary, progress, label)
-                bar.n = len(self.complete_keys() & set(self.by_key))
+                bar.n = len(self.complete_keys() & self.scope)
                 bar.refresh()
                 if cell.key in summary.values:
                     value = summary.values[cell.key]
@@ -247,6 +273,7 @@ def run_study(
     progress: bool = True,
     workers: int = 1,
     worker_args: list[str] | None = None,
+    launcher: Callable[[int, list[str]], None] | None = None,
 ) -> RunSummary:
     """Train every cell of ``study`` that has not finished; log each to MLflow.
 
@@ -259,6 +286,8 @@ def run_study(
             the queue (each limits its torch threads to cores / workers); this process
             only queues the cells and waits.
         worker_args: the ``ablate worker`` command line for ``workers > 1``.
+        launcher: starts the workers instead of :func:`run_workers`, called as ``launcher(workers,
+            worker_args)``, also for one worker (``ablations.slurm.SlurmLauncher``: Slurm jobs).
 
     Returns:
         A :class:`RunSummary`.
@@ -270,27 +299,91 @@ def run_study(
     summary = RunSummary()
     session = _Session(study, tracking_uri, storage, create=True)
     before = session.complete_keys()
-    pending_cells(study, session.ostudy)
-    summary.skipped = len(before & set(session.by_key))
     summary.parent_run_id = session.parent
     session.tracker.client.update_run(session.parent, status="RUNNING")
-    status = "FINISHED"
+    status, visited = "FINISHED", set()
+    started = time.monotonic()
+    seq = study.sequential
     try:
-        if workers > 1:
-            run_workers(workers, worker_args or [])
-            _collect(session, summary, before)
-        else:
-            session.work(summary, progress)
+        look = 0
+        while True:
+            if seq is not None:
+                state = sequential_state(session)
+                summary.looks = state.looks
+                if state.stopped:
+                    summary.stopped = state.stopped
+                    break
+                if seq.timeout is not None and time.monotonic() - started > seq.timeout:
+                    summary.stopped = "timeout"
+                    break
+                look = len(state.looks)
+                if look < session.tried:  # this process trained that look and it is still not complete
+                    break
+                _announce_look(study, look, state)
+            current = study.looks()[look]
+            session.use_seeds(current)
+            visited |= session.scope
+            pending_cells(session.study, session.ostudy)
+            if workers > 1 or launcher is not None:
+                (launcher or run_workers)(workers, worker_args or [])
+                _collect(session, summary, before)
+            else:
+                session.work(summary, progress)
+            if seq is None:
+                break
+            session.tried = look + 1
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
+        summary.skipped = len(before & visited)
         summary.running_elsewhere = session.running()
+        if summary.stopped:
+            session.tracker.client.set_tag(session.parent, f"{TAG}sequential_stop", summary.stopped)
         if status != "KILLED" and (summary.failed or summary.running_elsewhere):
             status = "FAILED" if summary.failed else "RUNNING"
         if status != "RUNNING":
             session.tracker.end(session.parent, status)
     return summary
+
+
+@dataclass
+class SequentialState:
+    """Where a sequential study stands, replayed from its MLflow runs (``ablations.report.sequential_looks``).
+
+    Attributes:
+        looks: one dict per complete look (``look``, ``seeds``, ``decided``, ``comparisons``).
+        stopped: ``decided``, ``max_seeds`` or ``None`` (go on).
+    """
+
+    looks: list[dict]
+    stopped: str | None
+
+
+def sequential_state(session: _Session) -> SequentialState:
+    """Replay the looks of ``session``'s study from MLflow (its parent run) and decide whether to go on."""
+    from ablations.report import load_runs, sequential_looks
+
+    sr = load_runs(session.study.name, session.tracker.uri, parent_run_id=session.parent)
+    sr.sequential = {**(sr.sequential or {}), "looks": session.study.looks()}
+    if session.study.sequential is not None:
+        sr.sequential.update(session.study.sequential.model_dump())
+    looks, stopped = sequential_looks(sr) if not sr.runs.empty else ([], None)
+    for look in looks:
+        look.pop("_report", None)
+    return SequentialState(looks, stopped if stopped in ("decided", "max_seeds") else None)
+
+
+def _announce_look(study: Study, look: int, state: SequentialState) -> None:
+    """One line before a round: which look, how many seeds per arm, and what the last look said."""
+    seeds = study.looks()[look]
+    last = state.looks[-1] if state.looks else None
+    said = ""
+    if last is not None:
+        verdicts = "; ".join(f"{c['effect']}: {c['verdict']}" for c in last["comparisons"])
+        said = f" (look {last['look']} at {last['seeds']} seeds per arm: {verdicts})"
+    cap = study.sequential.max_seeds if study.sequential else len(seeds)
+    tqdm.write(f"look {look + 1}: {len(seeds)} seeds per arm, up to {cap}{said}")
 
 
 def join_study(
