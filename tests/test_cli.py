@@ -1,6 +1,7 @@
 """End to end: `ablate run` + `ablate report` on the smoke profile with the real archive."""
 
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,34 @@ def test_missing_data_names_the_path(workdir, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA", str(workdir / "nowhere.tar.gz"))
     out = CliRunner().invoke(main, ["run", STUDY, "--profile", "smoke"])
     assert out.exit_code == 1 and "nowhere.tar.gz" in out.output
+
+
+def test_ctrl_c_resume_command_repeats_the_sets_and_stores(workdir, monkeypatch):
+    import ablations.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablations.runner, "run_study", interrupted)
+    mlflow_uri, optuna_url = f"sqlite:///{workdir}/a b/mlflow.db", f"sqlite:///{workdir}/optuna.db"
+    args = ["run", STUDY, "--profile", "smoke", "--set", "train.epochs=2", "--set", "optim.lr=3e-4"]
+    args += ["--tracking-uri", mlflow_uri, "--storage", optuna_url, "--workers", "2"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 130
+    resume = next(line for line in out.output.splitlines() if line.startswith("resume with: "))
+    words = shlex.split(resume.removeprefix("resume with: "))  # a shell line: the path with a space is quoted
+    assert words[:3] == ["ablate", "run", STUDY]
+    pairs = list(zip(words[3::2], words[4::2], strict=True))
+    assert sorted(pairs) == sorted(
+        [
+            ("--profile", "smoke"),
+            ("--set", "train.epochs=2"),
+            ("--set", "optim.lr=3e-4"),
+            ("--tracking-uri", mlflow_uri),
+            ("--storage", optuna_url),
+            ("--workers", "2"),
+        ]
+    )
 
 
 @pytest.mark.e2e
