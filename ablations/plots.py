@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = [
     "CLASS_PREFIX",
+    "arm_colours",
     "arm_learning_curves",
     "effect_plot",
     "learning_curves",
@@ -49,13 +50,26 @@ def learning_curves(history: list[dict[str, float]], title: str = "") -> Figure:
 CLASS_PREFIX = "test_acc_class_"  # per-class test accuracy metrics: test_acc_class_<class name>, in [0, 1]
 
 
+def arm_colours(arms: list[str]) -> dict[str, str]:
+    """One colour per arm, by its place in ``arms`` (the report's arm order), the same in every figure.
+
+    Args:
+        arms: every arm of the study, in the report's order (the baseline wherever it is).
+
+    Returns:
+        ``{arm: "#rrggbb"}`` from matplotlib's ``tab10`` cycle (it repeats after 10 arms).
+    """
+    cycle = matplotlib.colormaps["tab10"]
+    return {arm: matplotlib.colors.to_hex(cycle(i % 10)) for i, arm in enumerate(dict.fromkeys(arms))}
+
+
 def effect_plot(arms: pd.DataFrame, baseline: str, metric_label: str = "test_acc (%)", title: str = "") -> Figure:
     """Each arm's mean with its 95% confidence interval, and its difference to the baseline.
 
     Args:
         arms: the report's arm table: ``arm``, ``mean``, ``ci_low``, ``ci_high``,
             ``diff``, ``diff_low``, ``diff_high`` (report units, e.g. percent).
-        baseline: the baseline arm's name (drawn in another colour, with a reference line).
+        baseline: the baseline arm's name (a diamond at 0 and a reference line in its own colour).
         metric_label: axis label of the means, e.g. ``test_acc (%)``.
         title: figure title.
 
@@ -71,17 +85,18 @@ def effect_plot(arms: pd.DataFrame, baseline: str, metric_label: str = "test_acc
     y = list(range(n))[::-1]
     fig = Figure(figsize=(10, 1.2 + 0.45 * n), layout="constrained")
     ax_m, ax_d = fig.subplots(1, 2, sharey=True)
+    colours = arm_colours(list(arms["arm"]))  # the learning curves' and per-class figure's colours
     for yi, row in zip(y, arms.itertuples(), strict=True):
         is_base = row.arm == baseline
-        colour = "tab:orange" if is_base else "tab:blue"
+        colour = colours[row.arm]
         lo, hi = _err(row.mean, row.ci_low, row.ci_high)
-        ax_m.errorbar(row.mean, yi, xerr=[[lo], [hi]], fmt="o", color=colour, capsize=4)
+        ax_m.errorbar(row.mean, yi, xerr=[[lo], [hi]], fmt="o", color=colour, capsize=4, label=row.arm)
         if is_base:
             ax_m.axvline(row.mean, color=colour, ls=":", lw=1)
-            ax_d.plot(0, yi, "D", color=colour)
+            ax_d.plot(0, yi, "D", color=colour, label=row.arm)
         elif row.diff == row.diff:
             lo, hi = _err(row.diff, row.diff_low, row.diff_high)
-            ax_d.errorbar(row.diff, yi, xerr=[[lo], [hi]], fmt="o", color=colour, capsize=4)
+            ax_d.errorbar(row.diff, yi, xerr=[[lo], [hi]], fmt="o", color=colour, capsize=4, label=row.arm)
     ax_d.axvline(0, color="grey", lw=1)
     ax_m.set_yticks(y, [f"{a} (baseline)" if a == baseline else a for a in arms["arm"]])
     ax_m.set(xlabel=f"{metric_label}: mean and 95% CI over seeds")
@@ -104,7 +119,8 @@ def arm_learning_curves(history: pd.DataFrame, order: list[str] | None = None, t
     Args:
         history: long table with ``arm``, ``seed``, ``epoch``, ``metric`` (``train_loss``,
             ``val_loss``, ``train_acc``, ``val_acc``) and ``value`` (accuracies in [0, 1]).
-        order: arms in the order to draw (default: sorted).
+        order: every arm of the study in the report's order, which gives each its colour
+            (:func:`arm_colours`; default: sorted).
         title: figure title.
 
     Returns:
@@ -118,8 +134,8 @@ def arm_learning_curves(history: pd.DataFrame, order: list[str] | None = None, t
     arms = order or sorted(history["arm"].unique())
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    colours = matplotlib.colormaps["tab10"]
-    for i, arm in enumerate(a for a in arms if a in set(history["arm"])):
+    colours = arm_colours(arms)  # by place in the order, also for arms without a history
+    for arm in (a for a in arms if a in set(history["arm"])):
         h = history[history["arm"] == arm]
         for split, style in (("train", "-"), ("val", "--")):
             for ax, kind, scale in ((ax_loss, "loss", 1.0), (ax_acc, "acc", 100.0)):
@@ -127,8 +143,8 @@ def arm_learning_curves(history: pd.DataFrame, order: list[str] | None = None, t
                 if not len(g):
                     continue
                 mean, sd = g.mean() * scale, g.std(ddof=1).fillna(0) * scale
-                ax.plot(mean.index, mean, style, color=colours(i % 10), label=f"{arm} {split}")
-                ax.fill_between(mean.index, mean - sd, mean + sd, color=colours(i % 10), alpha=0.15, lw=0)
+                ax.plot(mean.index, mean, style, color=colours[arm], label=f"{arm} {split}")
+                ax.fill_between(mean.index, mean - sd, mean + sd, color=colours[arm], alpha=0.15, lw=0)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)")
     for ax in (ax_loss, ax_acc):
@@ -144,7 +160,9 @@ def per_class_columns(runs: pd.DataFrame) -> list[str]:
     return [c for c in runs.columns if str(c).startswith(CLASS_PREFIX)]
 
 
-def per_class_difference(runs: pd.DataFrame, baseline: str, title: str = "") -> Figure:
+def per_class_difference(
+    runs: pd.DataFrame, baseline: str, title: str = "", order: list[str] | None = None
+) -> Figure:
     """Per-class test accuracy difference of each arm to the baseline arm, with 95% intervals.
 
     The difference of each class is paired by seed when the arms share seeds
@@ -154,6 +172,8 @@ def per_class_difference(runs: pd.DataFrame, baseline: str, title: str = "") -> 
         runs: one row per finished run: ``arm``, ``seed`` and ``test_acc_class_<class>`` in [0, 1].
         baseline: the baseline arm's name.
         title: figure title.
+        order: every arm in the report's order, which gives each its colour (:func:`arm_colours`;
+            default: the order of ``runs``).
 
     Returns:
         A Figure: classes on the x axis, one marker with an error bar per arm, in percent points.
@@ -169,7 +189,10 @@ def per_class_difference(runs: pd.DataFrame, baseline: str, title: str = "") -> 
     if baseline not in set(runs["arm"]):
         raise ValueError(f"no runs of the baseline arm '{baseline}'")
     base = runs[runs["arm"] == baseline].set_index("seed")
-    others = [a for a in dict.fromkeys(runs["arm"]) if a != baseline]
+    order = list(dict.fromkeys([*(order or []), *runs["arm"]]))  # arms missing from ``order`` go last
+    colours = arm_colours(order)
+    present = set(runs["arm"])
+    others = [a for a in order if a != baseline and a in present]
     classes = [c.removeprefix(CLASS_PREFIX) for c in cols]
     fig = Figure(figsize=(max(8, 0.9 * len(classes)), 4), layout="constrained")
     ax = fig.subplots()
@@ -183,7 +206,7 @@ def per_class_difference(runs: pd.DataFrame, baseline: str, title: str = "") -> 
             est.append(c.estimate)
             lo.append(c.estimate - c.ci_low if c.ci_low == c.ci_low else 0.0)
             hi.append(c.ci_high - c.estimate if c.ci_high == c.ci_high else 0.0)
-        ax.errorbar(xs, est, yerr=[lo, hi], fmt="o", capsize=3, label=arm)
+        ax.errorbar(xs, est, yerr=[lo, hi], fmt="o", capsize=3, label=arm, color=colours[arm])
     ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(range(len(classes)), classes, rotation=30)
     ax.set(ylabel=f"test accuracy difference to\n{baseline} (pp), 95% CI (uncorrected)")

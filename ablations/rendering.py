@@ -383,7 +383,7 @@ def write_plots(r: Report, folder: Path, log: bool = True) -> list[Path]:
     if not hist.empty:
         figures["learning_curves"] = plots.arm_learning_curves(hist, list(r.arms["arm"]), title)
     if plots.per_class_columns(r.runs.runs):
-        figures["per_class"] = plots.per_class_difference(r.runs.runs, r.baseline, title=title)
+        figures["per_class"] = plots.per_class_difference(r.runs.runs, r.baseline, title, list(r.arms["arm"]))
     tracker = Tracker(r.runs.tracking_uri) if log else None
     out = []
     for name, fig in figures.items():

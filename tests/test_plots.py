@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from ablations import plots
@@ -73,3 +74,46 @@ def test_per_class_difference_needs_the_metrics_and_plots_them():
         plots.per_class_difference(runs[["arm", "seed"]], "bn=true")
     with pytest.raises(ValueError, match="baseline arm"):
         plots.per_class_difference(runs, "bn=maybe")
+
+
+def test_one_colour_per_arm_in_every_figure():
+    order = ["bn=true", "bn=false", "bn=half"]  # the report's arm order; the first is the baseline
+    arms = pd.DataFrame(
+        {
+            "arm": order,
+            "mean": [55.0, 51.3, 53.0],
+            "ci_low": [50.1, 47.6, 50.0],
+            "ci_high": [60.0, 55.0, 56.0],
+            "diff": [np.nan, -3.75, -2.0],
+            "diff_low": [np.nan, -11.2, -5.0],
+            "diff_high": [np.nan, 3.7, 1.0],
+        }
+    )
+    history = pd.DataFrame(
+        [
+            {"arm": arm, "seed": s, "epoch": e, "metric": m, "value": 0.5}
+            for arm in order[::-1]  # histories arrive in another order
+            for s in range(2)
+            for e in (1, 2)
+            for m in ("train_loss", "val_loss", "train_acc", "val_acc")
+        ]
+    )
+    runs = pd.DataFrame(
+        [{"arm": arm, "seed": s, "test_acc_class_cat": 0.5 + 0.01 * s} for arm in order[::-1] for s in range(3)]
+    )
+    means, diffs = plots.effect_plot(arms, "bn=true").axes
+    effect = {c.get_label(): to_hex(c.lines[0].get_color()) for c in means.containers}
+    curves = {
+        line.get_label().removesuffix(" train"): to_hex(line.get_color())
+        for line in plots.arm_learning_curves(history, order).axes[0].lines
+        if line.get_label().endswith(" train")
+    }
+    per_class = {
+        c.get_label(): to_hex(c.lines[0].get_color())
+        for c in plots.per_class_difference(runs, "bn=true", order=order).axes[0].containers
+    }
+    assert effect == curves == plots.arm_colours(order)
+    assert per_class == {a: effect[a] for a in order[1:]}
+    assert len(set(effect.values())) == 3  # the baseline is not drawn in another arm's colour
+    base_marker = next(line for line in diffs.lines if line.get_label() == "bn=true")
+    assert to_hex(base_marker.get_color()) == effect["bn=true"]
