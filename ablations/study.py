@@ -564,7 +564,7 @@ def _with_budget(path: Path, where: str, search: SearchSpec, budget: dict[str, A
 
 def _check_search(path: Path, cfg: RunConfig, search: SearchSpec, factors: dict[str, Any], metric: MetricSpec) -> None:
     """Every space key is a config key taking its bounds and choices; the sampler and pruner can be built."""
-    from ablations.hpsearch import SearchSpecError, make_pruner, make_sampler
+    from ablations.samplers import SearchSpecError, make_pruner, make_sampler  # optuna: loaded only for searches
 
     by_factor: dict[str, str] = {}
     for name, fspec in factors.items():
