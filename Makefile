@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 run: $(STAMP)
-	$(BIN)/ablate run studies/batchnorm.yaml --profile quick
+	$(BIN)/ablate run studies/batchnorm.yaml --profile quick --until-decided
 
 report: $(STAMP)
 	$(BIN)/ablate report batchnorm

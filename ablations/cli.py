@@ -208,7 +208,14 @@ def run(
     from ablations.search import GRACE_S
     from core.data import DataError
 
-    click.echo(f"study {study.name} (profile {study.profile}): {len(cells)} cells; {study.question}")
+    if study.sequential is not None:
+        looks = study.looks()
+        click.echo(
+            f"study {study.name} (profile {study.profile}), sequential: {len(cells)} cells at the first look, "
+            f"up to {len(study.with_seeds(looks[-1]).cells())} in {len(looks)} looks; {study.question}"
+        )
+    else:
+        click.echo(f"study {study.name} (profile {study.profile}): {len(cells)} cells; {study.question}")
     try:
         summary = run_study(study, tracking_uri, storage, workers=workers, worker_args=args, launcher=launch)
     except DataError as exc:
@@ -219,10 +226,16 @@ def run(
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         _interrupted(study_file, profile)
+    except Exception as exc:  # a service or the disk failed mid-study: what failed and how to resume
+        _stopped(exc, study_file, profile, tracking_uri, storage)
     click.echo(
         f"trained {len(summary.trained)} cell(s), {summary.skipped} already finished, "
         f"{len(summary.failed)} failed; MLflow parent run {summary.parent_run_id}"
     )
+    if study.sequential is not None:
+        last = summary.looks[-1] if summary.looks else None
+        where = f" at look {last['look']} ({last['seeds']} seeds per arm)" if last else ""
+        click.echo(f"sequential: {summary.stopped or 'not stopped'}{where}")
     for key, reason in summary.failed.items():
         click.echo(f"  failed: {key}: {reason}", err=True)
     if summary.running_elsewhere:
@@ -368,6 +381,42 @@ def _resume_command(study_file: Path, profile: str | None) -> str:
         for item in value if param.multiple else (value,):
             words += [name, str(item)]
     return shlex.join(words)
+
+
+def _stopped(exc: Exception, study_file: Path, profile: str | None, tracking_uri, storage) -> None:
+    """A study stopped by a full disk or an unreachable service: one clear error and how to resume (exit 1).
+
+    Anything else is re-raised (a bug keeps its traceback).
+    """
+    import errno
+    import re
+
+    from mlflow.exceptions import MlflowException
+    from optuna.exceptions import StorageInternalError
+
+    from ablations.search import resolve_storage
+    from ablations.tracking import resolve_tracking_uri
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        what = f"no space to write {exc.filename or 'a file'} ({exc.strerror})"
+    elif isinstance(exc, MlflowException) and "No space left on device" in str(exc):
+        what = f"the tracking server has no space left for artifacts ({first})"
+    elif isinstance(exc, MlflowException | OSError) and not isinstance(exc, FileNotFoundError):
+        what = f"the MLflow tracking store {resolve_tracking_uri(tracking_uri)} failed ({first})"
+    elif isinstance(exc, StorageInternalError):
+        url = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", resolve_storage(storage))  # no password on screen
+        what = f"the Optuna storage {url} failed ({first})"
+    else:
+        raise exc
+    click.echo(
+        f"Error: the study stopped: {what}.\n"
+        "Finished cells are kept; the cell in progress is marked FAILED (its trial FAIL) and is trained "
+        "again by the next run.\n"
+        f"resume with: ablate run {study_file}" + (f" --profile {profile}" if profile else ""),
+        err=True,
+    )
+    sys.exit(1)
 
 
 def _threads_per_worker(workers: int) -> int | None:

@@ -134,15 +134,67 @@ def _head(r: Report) -> list[str]:
     unit = f" in {r.unit}" if r.unit else ""
     pp = "; differences in percent points (pp)" if r.diff_unit else ""
     fails = f"; {sr.failed} failed or killed run(s) not counted" if sr.failed else ""
-    return [
+    lines = [
         f"study {sr.study} (parent run {sr.parent_run_id}): {sr.metric}{unit}, {better} is better{pp}{fails}",
         f"budget: {r.budget}",
         f"baseline arm: {r.baseline}; alpha {r.alpha:g}",
     ]
+    if r.sequential is not None:
+        lines.append(_sequential_line(r))
+    return lines
+
+
+_STOPS = {
+    "decided": "stopped: decided",
+    "max_seeds": "stopped: the cap was reached before every comparison was decided",
+    "timeout": "stopped: the timeout passed before every comparison was decided",
+    None: "not stopped yet (run the same command to go on)",
+}
+
+
+def _sequential_line(r: Report) -> str:
+    """How a sequential study was run and why it stopped."""
+    q = r.sequential
+    margin = q.get("equivalence_margin")
+    design = f"sequential: {q.get('step')} more seeds per arm per round, up to {q.get('max_seeds')}"
+    if margin is not None:
+        design += f", equivalence margin ±{margin:g}{' ' + r.diff_unit if r.diff_unit else ''}"
+    looks = q.get("looks") or []
+    if not looks:
+        return design + "; the first look is not complete yet"
+    last = looks[-1]
+    return f"{design}; {len(looks)} look(s), the last at {last['seeds']} seeds per arm; {_STOPS[q.get('stopped')]}"
+
+
+def _looks_table(r: Report) -> pd.DataFrame:
+    """One row per look and deciding comparison: seeds per arm, difference with its anytime interval, verdict."""
+    du = f" {r.diff_unit}" if r.diff_unit else ""
+    rows = []
+    for look in r.sequential.get("looks") or []:
+        for c in look["comparisons"]:
+            interval = _iv(c["ci_low"], c["ci_high"], True)
+            rows.append(
+                {
+                    "look": str(look["look"]),
+                    "seeds": str(look["seeds"]),
+                    "comparison": c["effect"],
+                    f"difference{du} [anytime CI]": f"{_f(c['estimate'], 2, True)} {interval}",
+                    "verdict": c["verdict"],
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _methods(r: Report) -> str:
     tested = int(r.effects["p"].notna().sum())
+    if r.sequential is not None:
+        return (
+            "difference: arm minus baseline, paired by seed; interval: the anytime-valid confidence sequence of "
+            "the mean paired difference (Gaussian, unknown variance; Wang & Ramdas 2023 after Lai 1976), valid at "
+            f"every look at once, at 1 - {r.alpha:g}/{max(tested, 1)} (Bonferroni over the {tested} comparison(s)); "
+            "p: its anytime-valid p-value, Bonferroni-adjusted. better/worse: the interval excludes 0; "
+            "equivalent: it lies inside the equivalence margin (or a claim's min_effect)."
+        )
     return (
         "difference: arm minus baseline, paired by seed (paired t test; Welch t when the arms do not share seeds), "
         f"95% CI (t); p Holm-adjusted over the {tested} comparison(s) of the study; rank p: Wilcoxon signed-rank "
@@ -260,6 +312,7 @@ def to_json(r: Report) -> dict:
             "arms": r.arms.to_dict("records"),
             "effects": r.effects.to_dict("records"),
             "claims": r.claims.to_dict("records"),
+            "sequential": r.sequential,
         }
     )
 
@@ -282,6 +335,12 @@ def _terminal(r: Report) -> str:
         )
 
     out += ["", "arms", table(d["arms"])]
+    if r.sequential is not None and r.sequential.get("looks"):
+        out += [
+            "",
+            "looks: the deciding comparisons after each round",
+            table(_looks_table(r), widths=[4, 5, 30, 24, 30]),
+        ]
     if not r.effects.empty:
         eff = d["effects"]
         if len(set(r.effects["test"].dropna())) <= 1:
@@ -293,7 +352,13 @@ def _terminal(r: Report) -> str:
         out += ["", "verdicts", table(d["verdicts"], widths=[30, 26, 36])]
         out += ["", textwrap.fill(_methods(r), WIDTH)]
     if not r.claims.empty:
-        out += ["", f"claims (interval at {1 - r.alpha:.0%}, not corrected for multiplicity)"]
+        if r.sequential is not None:
+            out += [
+                "",
+                f"claims (anytime-valid intervals at 1 - {r.alpha:g}/{len(r.claims)}, Bonferroni over the claims)",
+            ]
+        else:
+            out += ["", f"claims (interval at {1 - r.alpha:.0%}, not corrected for multiplicity)"]
         out += [table(d["claims"], "simple_grid", [20, 10, 18, 15, 19])]
     return "\n".join(out) + "\n"
 

@@ -28,6 +28,7 @@ values, the counts of complete, pruned and failed trials, and the best config.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -80,6 +81,10 @@ class StudyRuns:
         failures: one row per failed or killed child run: ``arm``, ``seed``, ``status``.
         budget: the settings that fix the budget (``train.epochs``, ``data.train_subset``, ...) if known.
         tracking_uri: where the runs were read (for learning curves and logging plots).
+        sequential: a sequential study's design (``max_seeds``, ``step``, ``equivalence_margin``,
+            ``timeout``, ``looks``: the seeds per arm of each look) and ``stopped`` (the parent run's
+            tag ``ablate.sequential_stop`` when the runner stopped it: ``decided``, ``max_seeds`` or
+            ``timeout``); ``None`` for a study with fixed seeds.
     """
 
     study: str
@@ -96,6 +101,14 @@ class StudyRuns:
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     budget: dict[str, object] = field(default_factory=dict)
     tracking_uri: str | None = None
+    sequential: dict | None = None
+
+    def restricted(self, seeds: list[int]) -> StudyRuns:
+        """The same study with only the runs (and failures) of ``seeds``: what one look saw."""
+        keep = set(seeds)
+        runs = self.runs[self.runs["seed"].isin(keep)] if not self.runs.empty else self.runs
+        fails = self.failures[self.failures["seed"].isin(keep)] if not self.failures.empty else self.failures
+        return dataclasses.replace(self, runs=runs.reset_index(drop=True), failures=fails, failed=len(fails))
 
 
 _BUDGET_KEYS = ("train.epochs", "data.train_subset", "data.test_subset")
@@ -109,13 +122,16 @@ def _reader(tracking_uri: str | None) -> Tracker:
         raise ReportError(str(exc)) from None
 
 
-def load_runs(study: str, tracking_uri: str | None = None, profile: str | None = None) -> StudyRuns:
+def load_runs(
+    study: str, tracking_uri: str | None = None, profile: str | None = None, parent_run_id: str | None = None
+) -> StudyRuns:
     """Read the newest parent run of ``study`` (optionally of one profile) and its children.
 
     Args:
         study: the study's name (its MLflow experiment).
         tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or the project store).
         profile: read this profile's parent run instead of the newest.
+        parent_run_id: read exactly this parent run (the runner, between the looks of a sequential study).
 
     Returns:
         The :class:`StudyRuns`; alpha, baseline and claims come from the parent
@@ -126,6 +142,8 @@ def load_runs(study: str, tracking_uri: str | None = None, profile: str | None =
     """
     tracker = _reader(tracking_uri)
     parents = [p for p in tracker.parents(study) if profile is None or p.data.tags.get(f"{TAG}profile") == profile]
+    if parent_run_id is not None:
+        parents = [p for p in parents if p.info.run_id == parent_run_id]
     if not parents:
         raise ReportError(
             f"no study '{study}'{f' with profile {profile}' if profile else ''} in {tracker.uri}; "
@@ -149,6 +167,9 @@ def load_runs(study: str, tracking_uri: str | None = None, profile: str | None =
     ]
     config = _parent_config(tracker, pid)
     overrides = config.get("overrides") or {}
+    sequential = config.get("sequential")
+    if sequential is not None:
+        sequential = {**sequential, "stopped": ptags.get(f"{TAG}sequential_stop")}
     return StudyRuns(
         study,
         ptags.get(f"{TAG}profile", "?"),
@@ -164,6 +185,7 @@ def load_runs(study: str, tracking_uri: str | None = None, profile: str | None =
         failures=pd.DataFrame(failures, columns=["arm", "seed", "status"]),
         budget={k: overrides[k] for k in _BUDGET_KEYS if k in overrides},
         tracking_uri=tracker.uri,
+        sequential=sequential,
     )
 
 
@@ -223,6 +245,9 @@ class Report:
         arms: one row per arm (see :func:`build_report`).
         effects: one row per comparison.
         claims: one row per claim.
+        sequential: for a sequential study, ``looks`` (one dict per look: ``look``, ``seeds``,
+            ``decided``, ``comparisons``), ``stopped`` (``decided``, ``max_seeds``, ``timeout`` or
+            ``None`` while it runs), ``at`` (the look the tables come from) and the design; else ``None``.
     """
 
     runs: StudyRuns
@@ -234,6 +259,7 @@ class Report:
     arms: pd.DataFrame
     effects: pd.DataFrame
     claims: pd.DataFrame
+    sequential: dict | None = None
 
     @property
     def diff_unit(self) -> str:
@@ -307,7 +333,12 @@ def _same_contrast(a: dict, b: dict) -> int:
 
 
 def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None = None) -> Report:
-    """Compute the arm, effect and claim tables of a study.
+    """Compute the arm, effect and claim tables of a study (of a sequential study: at its last look).
+
+    A sequential study (``sr.sequential``) is judged look by look (:func:`sequential_looks`): every
+    comparison gets an anytime-valid interval (``stats.sequential_contrast``, Bonferroni over the
+    comparisons of its family) instead of the fixed-n t interval, and the tables are those of the look
+    it stopped at (or of the last complete look while it runs).
 
     Args:
         sr: the study's runs.
@@ -336,6 +367,96 @@ def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None
     alpha = sr.alpha if alpha is None else alpha
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if sr.sequential is None:
+        return _build(sr, alpha, effect)
+    looks, stopped = sequential_looks(sr, alpha, effect)
+    if not looks:  # the first look is not complete yet: the tables of what there is, judged anytime-valid
+        r = _build(sr, alpha, effect, anytime=True)
+        at = None
+    else:
+        r = looks[-1].pop("_report")
+        at = len(looks) - 1
+        for look in looks:
+            look.pop("_report", None)
+    design = {k: v for k, v in sr.sequential.items() if k != "stopped"}
+    r.sequential = {**design, "looks": looks, "stopped": stopped, "at": at}
+    return r
+
+
+def _decided(verdict: str) -> bool:
+    return verdict.startswith(("better", "worse", "equivalent", "supported", "contradicted")) or verdict.endswith(
+        "e interaction"
+    )
+
+
+def sequential_looks(sr: StudyRuns, alpha: float | None = None, effect: float | None = None) -> tuple[list, str | None]:
+    """Replay a sequential study's looks from its runs, stopping at the first decided one.
+
+    A look is complete when every arm has a finished (or failed) run of each of its seeds. At each
+    complete look the deciding comparisons (the claims on the study when it has any, else every arm
+    against the baseline) are judged with anytime-valid intervals; the study is decided when every one
+    of them is (``better``, ``worse``, ``equivalent``; for claims ``supported`` or ``contradicted``).
+    Because the intervals hold at every look at once (``stats.t_cs``), stopping at the first decided
+    look keeps the stated error rate.
+
+    Args:
+        sr: the runs, with ``sr.sequential`` (its ``looks``: seeds per arm of each look).
+        alpha: error rate of each family (default: the study's).
+        effect: as in :func:`build_report`.
+
+    Returns:
+        ``(looks, stopped)``: one dict per complete look up to the stop (``look`` from 1, ``seeds``
+        per arm, ``decided``, ``comparisons``: ``effect``, ``estimate``, ``ci_low``, ``ci_high``,
+        ``verdict`` of each deciding comparison, and ``_report``, that look's :class:`Report`), and
+        ``decided``, ``max_seeds`` (every look done, not decided), ``timeout`` (the runner's tag) or
+        ``None`` (still running).
+
+    Raises:
+        ValueError: alpha outside (0, 1), or the study is not sequential.
+    """
+    if sr.sequential is None:
+        raise ValueError(f"study '{sr.study}' is not sequential")
+    alpha = sr.alpha if alpha is None else alpha
+    done = set(zip(sr.runs["arm"], sr.runs["seed"], strict=True)) if not sr.runs.empty else set()
+    if not sr.failures.empty:
+        done |= set(zip(sr.failures["arm"], sr.failures["seed"], strict=True))
+    arms = [a for a, _ in _arms(sr.factors)]
+    plan = sr.sequential.get("looks") or []
+    out: list[dict] = []
+    for k, seeds in enumerate(plan):
+        if not all((a, s) in done for a in arms for s in seeds):
+            break
+        sub = sr.restricted(seeds)
+        if sub.runs.empty:
+            break
+        r = _build(sub, alpha, effect, anytime=True)
+        deciding = _deciding(r)
+        comparisons = [
+            {k2: row.get(k2) for k2 in ("effect", "estimate", "ci_low", "ci_high", "verdict")}
+            for row in deciding.to_dict("records")
+        ]
+        decided = bool(comparisons) and all(_decided(str(c["verdict"])) for c in comparisons)
+        out.append({"look": k + 1, "seeds": len(seeds), "decided": decided, "comparisons": comparisons, "_report": r})
+        if decided:
+            return out, "decided"
+    if plan and len(out) == len(plan):
+        return out, "max_seeds"
+    return out, ("timeout" if sr.sequential.get("stopped") == "timeout" else None)
+
+
+def _deciding(r: Report) -> pd.DataFrame:
+    """The comparisons that decide a sequential study: its claims, else every arm against the baseline."""
+    if not r.claims.empty:
+        labels = [
+            f"claim {i}: {t} vs {c}"
+            for i, (t, c) in enumerate(zip(r.claims["treatment"], r.claims["control"], strict=True), 1)
+        ]
+        return r.claims.assign(effect=labels)
+    return r.effects[r.effects["kind"] == "arm"]
+
+
+def _build(sr: StudyRuns, alpha: float, effect: float | None, anytime: bool = False) -> Report:
+    """The tables of :func:`build_report`; ``anytime``: anytime-valid intervals, Bonferroni, sequential verdicts."""
     scale = 100.0 if _is_accuracy(sr.metric) else 1.0
     unit = "%" if scale == 100.0 else ""
     arms = _arms(sr.factors)
@@ -368,10 +489,17 @@ def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None
                     specs.append(("interaction", f"{f}={lf} x {g}={lg}", "additive", w))
 
     contrasts: list[Contrast | None] = []
-    for _, _, _, w in specs:
-        contrasts.append(stats.contrast(series, w) if all(a in series for a in w) else None)
+    testable = [all(a in series for a in w) for _, _, _, w in specs]
+    m_all = max(sum(testable), 1)
+    for (_, _, _, w), ok in zip(specs, testable, strict=True):
+        if not ok:
+            contrasts.append(None)
+        elif anytime:
+            contrasts.append(stats.sequential_contrast(series, w, alpha / m_all))
+        else:
+            contrasts.append(stats.contrast(series, w))
     p_raw = np.array([c.p if c is not None else math.nan for c in contrasts])
-    p_holm = stats.holm(p_raw)
+    p_holm = np.minimum(p_raw * m_all, 1.0) if anytime else stats.holm(p_raw)  # anytime: Bonferroni
     m = int(np.sum(~np.isnan(p_raw)))
     power_alpha = alpha / max(m, 1)  # Bonferroni bound on Holm's strictest threshold
     maximize = sr.direction == "maximize"
@@ -384,7 +512,12 @@ def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None
             continue
         target, target_from = _target(effect, w, claim_weights, c)
         need = stats.seeds_needed(target, c.sd, power_alpha, POWER, c.paired, c.weight_ss)
-        if kind == "interaction":
+        if anytime:
+            need = None  # a sequential study adds seeds until it decides
+            v = stats.sequential_verdict(c, maximize, _margin(sr, w, claim_weights))
+            if kind == "interaction" and v in ("better", "worse"):
+                v = "positive interaction" if c.estimate > 0 else "negative interaction"
+        elif kind == "interaction":
             v = _interaction_verdict(c, ph, alpha)
         else:
             v = stats.verdict(c, ph, alpha, maximize)
@@ -437,8 +570,19 @@ def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None
     arm_df = pd.DataFrame(arm_rows).reindex(columns=[*cols, "median", "failed"])
     arm_df = arm_df[arm_df["n"].gt(0) | arm_df["failed"].gt(0)].reset_index(drop=True)
     arm_df["test"] = arm_df["test"].fillna("")
-    claims = _claims_table(sr, arms, alpha, effect)
+    claims = _claims_table(sr, arms, alpha, effect, anytime)
     return Report(sr, alpha, effect, scale, unit, base_arm, arm_df, effects, claims)
+
+
+def _margin(sr: StudyRuns, w: dict, claim_weights: list) -> float | None:
+    """The equivalence margin of a comparison: the study's ``equivalence_margin``, else a claim's ``min_effect``."""
+    margin = (sr.sequential or {}).get("equivalence_margin")
+    if margin is not None:
+        return float(margin)
+    for cw, size in claim_weights:
+        if size is not None and _same_contrast(w, cw):
+            return float(size)
+    return None
 
 
 _EFFECT_COLUMNS = [
@@ -521,9 +665,11 @@ def _failed_cells(sr: StudyRuns) -> dict[str, int]:
     return out
 
 
-def _claims_table(sr: StudyRuns, arms, alpha: float, effect: float | None) -> pd.DataFrame:
+def _claims_table(sr: StudyRuns, arms, alpha: float, effect: float | None, anytime: bool = False) -> pd.DataFrame:
     rows = []
     level = 1 - alpha
+    if anytime:  # the claims decide a sequential study: they share alpha (Bonferroni)
+        level = 1 - alpha / max(len(sr.claims), 1)
     for claim in sr.claims:
         metric = claim.get("metric") or sr.metric
         scale = 100.0 if _is_accuracy(metric) else 1.0
@@ -542,12 +688,18 @@ def _claims_table(sr: StudyRuns, arms, alpha: float, effect: float | None) -> pd
         if not w or not all(a in series for a in w):
             rows.append({**row, "verdict": "inconclusive: no runs of the treatment or control arms"})
             continue
-        c = stats.contrast(series, w, level)
+        if anytime:
+            c = stats.sequential_contrast(series, w, 1 - level)
+        else:
+            c = stats.contrast(series, w, level)
         target = claim.get("min_effect") or (abs(effect) if effect is not None else abs(c.estimate))
-        need = stats.seeds_needed(target, c.sd, alpha, POWER, c.paired, c.weight_ss)
+        need = None if anytime else stats.seeds_needed(target, c.sd, alpha, POWER, c.paired, c.weight_ss)
         need = max(need, MIN_SEEDS) if need is not None else None
-        v = stats.judge_claim(c, claim["direction"], claim.get("min_effect"))
-        if v.startswith("inconclusive"):
+        v = stats.judge_claim(c, claim["direction"], claim.get("min_effect"), min_seeds=2 if anytime else MIN_SEEDS)
+        if anytime and v.startswith("inconclusive"):
+            n = [len(series[a]) for a in w]
+            v = f"inconclusive at {min(n)} seeds per arm (profile {sr.profile})"
+        elif v.startswith("inconclusive"):
             n = [len(series[a]) for a in w]
             seeds = f"{min(n)}" if min(n) == max(n) else f"{min(n)}-{max(n)}"
             few = f"; fewer than {MIN_SEEDS} give no verdict" if c.n < MIN_SEEDS else ""

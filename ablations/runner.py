@@ -136,6 +136,34 @@ def _log_result(tracker: Tracker, run_id: str, cell: Cell, result: FitResult) ->
     tracker.log_state_dict(run_id, result.state_dict)
 
 
+class _SqliteLock:
+    """An exclusive lock (``flock``) next to each SQLite store among ``tracking_uri`` and ``storage``.
+
+    Held while a process creates the stores' schemas, the experiment and the parent run, so two
+    processes that start the same study at once create one of each. Servers need none.
+    """
+
+    def __init__(self, tracking_uri: str | None, storage: str | None) -> None:
+        import fcntl
+
+        from ablations.search import resolve_storage
+        from ablations.tracking import resolve_tracking_uri
+
+        self.files = []
+        paths = {u.removeprefix("sqlite:///") for u in (resolve_tracking_uri(tracking_uri), resolve_storage(storage))}
+        for path in sorted(p for p in paths if not p.startswith(("sqlite", "http", "postgresql", "mysql")) and p):
+            if "://" in path or not os.path.isdir(os.path.dirname(path) or "."):
+                continue
+            f = open(path + ".lock", "a")  # noqa: SIM115 - closed in release()
+            fcntl.flock(f, fcntl.LOCK_EX)
+            self.files.append(f)
+
+    def release(self) -> None:
+        for f in self.files:
+            f.close()
+        self.files = []
+
+
 class _Session:
     """One process's handle on a study: its Optuna study, MLflow parent run and loaded data."""
 
@@ -146,6 +174,7 @@ class _Session:
         self.by_key = {c.key: c for c in study.with_seeds(study.looks()[-1]).cells()}
         self.scope = {c.key for c in study.cells()}
         splits_for(study.config.data, self.data_cache)  # fail on missing data before anything is logged
+        lock = _SqliteLock(tracking_uri, storage)  # two `ablate run` creating the same SQLite stores at once race
         self.tracker = Tracker(tracking_uri)
         self.ostudy, self.storage = open_study(study, storage, on_stale=self._stale)
         self.tags = {
@@ -169,6 +198,20 @@ class _Session:
             )
             self._describe(parent)
         self.parent = parent
+        lock.release()  # the stores, the experiment and the one parent run exist now
+        if create:
+            self.close_orphans()
+
+    def close_orphans(self) -> None:
+        """End child runs left RUNNING whose trial is no longer running (FAILED, with the reason).
+
+        A cell stopped while the tracking server was unreachable has its trial told FAIL but its run
+        still RUNNING; the next ``ablate run`` ends it here, so no run stays RUNNING.
+        """
+        running = {str(t.number) for t in self.ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        for run in self.tracker.children(self.parent, status="RUNNING"):
+            if run.data.tags.get("optuna.trial_number") not in running:
+                self.tracker.end(run.info.run_id, "FAILED", "stopped while the tracking server was unreachable")
 
     def _describe(self, parent: str) -> None:
         """Record the study's current factors, seeds, metric and claims on its parent run."""
@@ -310,6 +353,8 @@ def run_study(
             if seq is not None:
                 state = sequential_state(session)
                 summary.looks = state.looks
+                if state.looks:  # cells of the looks already complete count as finished before this run
+                    visited |= {c.key for c in study.with_seeds(study.looks()[len(state.looks) - 1]).cells()}
                 if state.stopped:
                     summary.stopped = state.stopped
                     break
@@ -437,6 +482,14 @@ def requeue(ostudy, cell: Cell) -> None:
     ostudy.enqueue_trial(cell_params(cell), user_attrs={"cell": cell.key})
 
 
+def _end_quietly(tracker: Tracker, run_id: str, status: str, reason: str) -> None:
+    """End the run if the tracking server answers; if not, :meth:`_Session.close_orphans` ends it next time."""
+    try:
+        tracker.end(run_id, status, reason)
+    except Exception as exc:
+        tqdm.write(f"could not mark MLflow run {run_id} {status}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
+
+
 def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progress: bool, label: str) -> None:
     study, tracker, ostudy = session.study, session.tracker, session.ostudy
     cfg = study.cell_config(cell)
@@ -472,17 +525,21 @@ def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progres
         tqdm.write(f"run '{cell.key}' failed: {exc}; the study goes on", file=sys.stderr)
         return
     except KeyboardInterrupt:
-        tracker.end(run_id, "KILLED", "interrupted (Ctrl-C)")
+        _end_quietly(tracker, run_id, "KILLED", "interrupted (Ctrl-C)")
         ostudy.tell(trial, state=TrialState.FAIL)
         raise
-    except BaseException:
-        tracker.end(run_id, "FAILED", traceback.format_exc())
+    except BaseException:  # the tracking server or the artifact disk may be what failed: tell Optuna anyway
+        _end_quietly(tracker, run_id, "FAILED", traceback.format_exc())
         ostudy.tell(trial, state=TrialState.FAIL)
         raise
     finally:
         if bar:
             bar.close()
-    tracker.end(run_id)
+    try:
+        tracker.end(run_id)
+    except BaseException:  # not FINISHED in MLflow: the cell is not complete (the next run closes the run)
+        ostudy.tell(trial, state=TrialState.FAIL)
+        raise
     metric = study.metric.name
     value = result.value(metric)
     ostudy.tell(trial, value)

@@ -21,6 +21,7 @@ booleans). Floats such as ``1e-3`` are read as numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -223,6 +224,28 @@ class SearchSpec(BaseModel):
         return self.model_dump(mode="json", exclude={"n_trials", "timeout"})
 
 
+class SequentialSpec(BaseModel):
+    """A study's ``sequential:`` block: add seeds in rounds until the question is decided.
+
+    After the study's ``seeds`` (the first look), every round adds ``step`` new seeds to every arm
+    (the next unused whole numbers) until each deciding comparison is decided (see
+    :func:`ablations.report.build_report`), ``max_seeds`` per arm is reached or ``timeout`` passes.
+
+    Attributes:
+        max_seeds: the cap, seeds per arm.
+        step: seeds added to every arm per round.
+        equivalence_margin: a difference smaller than this (the metric's report unit: percent points
+            for accuracies) counts as no difference: an interval inside +-margin is ``equivalent``.
+        timeout: seconds of wall time for one ``ablate run`` of the study; no new round starts after it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_seeds: int = Field(default=20, ge=2)
+    step: int = Field(default=2, ge=1)
+    equivalence_margin: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0)
+
+
 # the keys of the search block that profiles and --set may change (the budget)
 _SEARCH_SETS = ("search.n_trials", "search.timeout")
 
@@ -241,6 +264,7 @@ class _StudyFile(BaseModel):
     baseline: dict[str, Any] = {}  # factor -> level; factors not named keep their first level
     alpha: float = Field(default=0.05, gt=0, lt=1)
     search: SearchSpec | None = None
+    sequential: SequentialSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +306,7 @@ class Study:
         baseline: factor -> level label of the baseline arm (every factor named).
         alpha: significance level of the report's verdicts.
         search: the ``search:`` block with the profile's and ``--set``'s budget applied, or ``None``.
+        sequential: the ``sequential:`` block (or ``--until-decided``), or ``None`` for fixed seeds.
     """
 
     path: Path
@@ -297,6 +322,27 @@ class Study:
     baseline: dict[str, str] = field(default_factory=dict)
     alpha: float = 0.05
     search: SearchSpec | None = None
+    sequential: SequentialSpec | None = None
+
+    def looks(self) -> list[list[int]]:
+        """The seeds of every arm at each look of a sequential study (one look, ``seeds``, otherwise).
+
+        Look 0 is the study's ``seeds``; each later look adds ``sequential.step`` seeds, the next
+        whole numbers not yet used, up to ``sequential.max_seeds`` seeds per arm.
+        """
+        if self.sequential is None:
+            return [list(self.seeds)]
+        seq, seeds = self.sequential, list(self.seeds)
+        extra = (s for s in itertools.count(max(seeds) + 1) if s not in seeds)
+        out = [list(seeds)]
+        while len(seeds) < seq.max_seeds:
+            seeds = seeds + [next(extra) for _ in range(min(seq.step, seq.max_seeds - len(seeds)))]
+            out.append(list(seeds))
+        return out
+
+    def with_seeds(self, seeds: list[int]) -> Study:
+        """The same study with other seeds (same key: the seeds are not part of a study's identity)."""
+        return dataclasses.replace(self, seeds=list(seeds))
 
     @property
     def key(self) -> str:
@@ -387,7 +433,13 @@ def flat_type(key: str) -> type | None:
     return bool if ann.startswith("bool") else None
 
 
-def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any] | None = None) -> Study:
+def load_study(
+    path: str | Path,
+    profile: str | None = None,
+    sets: dict[str, Any] | None = None,
+    until_decided: bool = False,
+    max_seeds: int | None = None,
+) -> Study:
     """Read, validate and resolve a study file.
 
     Args:
@@ -395,6 +447,9 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         profile: a name under ``profiles``; ``None`` picks ``full`` if the file
             has it, else no profile (``"base"``).
         sets: extra dotted overrides (the CLI's ``--set``), applied last.
+        until_decided: make the study sequential (``ablate run --until-decided``) with the file's
+            ``sequential`` block, or its defaults (max 20 seeds per arm, step 2) when it has none.
+        max_seeds: override ``sequential.max_seeds`` (``--max-seeds``); implies ``until_decided``.
 
     Returns:
         The :class:`Study`; every cell's config has been validated.
@@ -505,6 +560,7 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         baseline,
         spec.alpha,
         search,
+        _sequential(path, spec, seeds, until_decided, max_seeds),
     )
     for cell in study.cells():  # every cell must build a valid config (e.g. model names)
         try:
@@ -514,6 +570,27 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     if len(set(seeds)) != len(seeds):
         raise StudyError(path, "seeds", f"seeds must be distinct, got {seeds}")
     return study
+
+
+def _sequential(
+    path: Path, spec: _StudyFile, seeds: list[int], until_decided: bool, max_seeds: int | None
+) -> SequentialSpec | None:
+    """The study's sequential design: its block, made or changed by ``--until-decided``/``--max-seeds``."""
+    seq = spec.sequential
+    if seq is None and not (until_decided or max_seeds is not None):
+        return None
+    if spec.search is not None:
+        where = "sequential" if seq is not None else "--until-decided"
+        raise StudyError(path, where, "a search is not sequential: its budget is search.n_trials")
+    seq = seq or SequentialSpec()
+    if max_seeds is not None:
+        if max_seeds < 2:
+            raise StudyError(path, "--max-seeds", f"must be at least 2, got {max_seeds}")
+        seq = seq.model_copy(update={"max_seeds": max_seeds})
+    if seq.max_seeds < len(seeds):
+        where = "--max-seeds" if max_seeds is not None else "sequential.max_seeds"
+        raise StudyError(path, where, f"{seq.max_seeds} is fewer than the study's {len(seeds)} seeds")
+    return seq
 
 
 def _error_location(err: dict) -> tuple[str, str]:

@@ -497,6 +497,6 @@ def test_runner_logs_claims_so_the_report_needs_only_mlflow(tmp_path, monkeypatc
     assert sr.claims[0]["treatment"] == {"batchnorm": True} and sr.claims[0]["min_effect"] == 1.4
     r = build_report(sr)
     assert r.baseline == "batchnorm=false" and len(r.arms) == 2 and r.arms["n"].tolist() == [2, 2]
-    assert r.claims.iloc[0]["verdict"].startswith(
-        "inconclusive at this budget (profile base, 2 seeds per arm; fewer than 3 give no verdict); "
+    assert r.claims.iloc[0]["verdict"].startswith(  # tiny random data: every run may score the same
+        "inconclusive at this budget (profile base, 2 seeds per arm; fewer than 3 give no verdict)"
     )
