@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import webbrowser
 from pathlib import Path
 
 import click
@@ -622,16 +623,40 @@ def _print_report(
 
 
 @main.command()
+@click.argument("study", required=False)
+@click.option("--profile", default=None, help="With STUDY: show this profile's runs (default: the newest).")
 @click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--open", "open_browser", is_flag=True, help="Open the study's page in a browser once the UI answers.")
 @tracking_option
-def ui(port: int, tracking_uri: str | None) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the project's store."""
-    from ablations.tracking import resolve_tracking_uri
+def ui(study: str | None, profile: str | None, port: int, open_browser: bool, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the project's store and print the page of each study's runs.
 
+    STUDY (its name or file; default: every study in the store) opens in MLflow's model-training view on
+    its child runs, one expanded group per arm with the arm's mean of the study metric, a column per
+    factor, the metric and the seed; its parent run gets the report (description, report/ artifacts).
+    With a tracking server (--tracking-uri http://...) nothing is started: the pages on it are printed.
+    """
+    from ablations.tracking import Tracker, resolve_tracking_uri
+    from ablations.ui import UIError, prepare_view, studies, study_url
+
+    if study and study.endswith((".yaml", ".yml")):
+        study = _load(Path(study), None, ()).name
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        raise click.ClickException(f"{uri} is a tracking server: open it in a browser instead")
-    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    server = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if server else f"http://127.0.0.1:{port}"
+    tracker = Tracker(uri)
+    try:  # before the UI starts: an unknown study is an error at once
+        names = [study] if study else studies(tracker)
+        views = [prepare_view(tracker, name, profile if study else None) for name in names]
+    except UIError as exc:
+        raise click.ClickException(str(exc)) from None
+    urls = [study_url(base, view) for view in views]
+    if server:
+        _list_views(views, urls, uri)
+        if open_browser and urls:
+            webbrowser.open(urls[0])
+        return
+    click.echo(f"MLflow UI for {uri} on {base} (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     # mlflow ui starts uvicorn, a job runner and its huey consumers (about 180 MB each). In a process group of
     # their own they can all be stopped together when this process ends, by Ctrl-C or by SIGTERM.
@@ -640,6 +665,11 @@ def ui(port: int, tracking_uri: str | None) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rc = 0
     try:
+        _list_views(views, urls, uri)
+        if not views:
+            click.echo("no studies in this store yet: `ablate run STUDY.yaml` makes one")
+        if open_browser:
+            _open_when_up(proc, base, urls[0] if urls else base)
         rc = proc.wait()
     except KeyboardInterrupt:
         pass
@@ -649,6 +679,36 @@ def ui(port: int, tracking_uri: str | None) -> None:
         else:
             proc.terminate()
     sys.exit(rc)
+
+
+def _list_views(views, urls: list[str], uri: str) -> None:
+    """Print each study's page, and put its report on its parent run (a report that fails is a warning)."""
+    from ablations.ui import publish_report
+
+    for view, url in zip(views, urls, strict=True):
+        click.echo(f"{view.study}{f' (profile {view.profile})' if view.profile else ''}: {url}")
+        try:
+            parent = publish_report(view.study, uri, view.profile or None)
+        except Exception as exc:  # noqa: BLE001 (the UI is still worth starting)
+            click.echo(f"  could not put the report on the parent run: {exc}", err=True)
+            continue
+        if parent:
+            click.echo(f"  the report (per-arm means and intervals, figures) is on parent run {parent}")
+
+
+def _open_when_up(proc: subprocess.Popen, base: str, url: str, timeout_s: float = 120.0) -> None:
+    """Open ``url`` in a web browser once the UI at ``base`` answers (or say it did not)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                webbrowser.open(url)
+                return
+        except OSError:
+            time.sleep(0.5)
+    click.echo(f"the MLflow UI did not answer at {base}; open {url} yourself", err=True)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -18,10 +18,22 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULT_TRACKING_URI", "StoreNotFoundError", "Tracker", "git_commit", "resolve_tracking_uri"]
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "EXPERIMENT_KIND_TAG",
+    "MODEL_TRAINING",
+    "StoreNotFoundError",
+    "Tracker",
+    "git_commit",
+    "resolve_tracking_uri",
+]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG = "ablate."  # prefix of this project's tags
+# MLflow 3's UI opens an experiment in its GenAI mode (traces) unless this experiment tag says
+# "machine learning" (the value its UI's experiment-kind selector writes for model training).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 class StoreNotFoundError(LookupError):
@@ -99,13 +111,24 @@ class Tracker:
         return None
 
     def experiment(self, study: str, create: bool = True) -> str | None:
-        """The experiment id of ``study``; created when missing and ``create``."""
+        """The experiment id of ``study``; created when missing and ``create``.
+
+        A created experiment is tagged as a model-training experiment (:data:`EXPERIMENT_KIND_TAG`),
+        so that MLflow's UI shows its runs rather than an empty GenAI traces page.
+        """
         exp = self.client.get_experiment_by_name(study)
         if exp is not None:
             return exp.experiment_id
         if not create:
             return None
-        return self.client.create_experiment(study, artifact_location=self._artifact_root(study))
+        return self.client.create_experiment(
+            study, artifact_location=self._artifact_root(study), tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
+
+    def mark_model_training(self, exp_id: str) -> None:
+        """Tag an experiment made before ablate tagged them as a model-training one (no change if it is)."""
+        if self.client.get_experiment(exp_id).tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
     def find_parent(self, exp_id: str, study_key: str) -> str | None:
         """The run id of the parent run of ``study_key``, or ``None``."""
