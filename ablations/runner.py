@@ -289,7 +289,11 @@ class _Session:
                     self.ostudy.tell(trial, state=TrialState.FAIL)
                     continue
                 label = f"[{len(self.complete_keys() & self.scope) + 1}/{total}] {cell.key}"
-                _run_cell(self, cell, trial, summary, progress, label)
+                try:
+                    _run_cell(self, cell, trial, summary, progress, label)
+                except BaseException:  # e.g. the tracking server went away before the run existed
+                    _fail_if_running(self.ostudy, trial)
+                    raise
                 bar.n = len(self.complete_keys() & self.scope)
                 bar.refresh()
                 if cell.key in summary.values:
@@ -480,6 +484,17 @@ def _collect(session: _Session, summary: RunSummary, before: set[str]) -> None:
 def requeue(ostudy, cell: Cell) -> None:
     """Put ``cell`` back in the queue (after its worker died)."""
     ostudy.enqueue_trial(cell_params(cell), user_attrs={"cell": cell.key})
+
+
+def _fail_if_running(ostudy, trial) -> None:
+    """Tell Optuna a trial this process holds FAIL unless it has an outcome already."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        if ostudy._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            ostudy.tell(trial, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, RuntimeError, ValueError):
+        pass  # told in the meantime
 
 
 def _end_quietly(tracker: Tracker, run_id: str, status: str, reason: str) -> None:

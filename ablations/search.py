@@ -16,7 +16,9 @@ import copy
 import logging
 import os
 import socket
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 
@@ -71,14 +73,78 @@ def rdb_storage(
             e.g. killed with SIGKILL) after it is marked FAILED (see :func:`fail_stale_trials`).
     """
     url = resolve_storage(storage)
-    return optuna.storages.RDBStorage(
+    return _RetryingStorage(
         url,
-        # several worker processes share one SQLite file: wait for its lock rather than fail at once
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+        # several worker processes share one SQLite file: wait for its lock rather than fail at once;
+        # a server's pooled connections die when it restarts: test each before use
+        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True},
         heartbeat_interval=HEARTBEAT_S,
         grace_period=GRACE_S,
         heartbeat_stale_trial_callback=on_stale,
     )
+
+
+# How long a storage call retries while the database is unreachable (a PostgreSQL restart, a network
+# blip, a SQLite lock held long) before the error reaches the caller.
+STORAGE_RETRY_S = float(os.environ.get("ABLATE_STORAGE_RETRY", "180"))
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost connection or a locked database (worth retrying), not bad data."""
+    import sqlalchemy.exc as sa
+
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    return isinstance(cause, (sa.OperationalError, sa.InterfaceError)) or (
+        isinstance(cause, sa.DBAPIError) and cause.connection_invalidated
+    )
+
+
+def _retrying(method):
+    def call(self, *args, **kwargs):
+        import sqlalchemy.exc as sa
+
+        deadline, said = None, False
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except (optuna.exceptions.StorageInternalError, sa.DBAPIError) as exc:
+                if not _transient(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + STORAGE_RETRY_S
+                if now > deadline:
+                    raise
+                if not said:
+                    cause = str(exc.__cause__ or exc).strip().splitlines()[0][:200]
+                    print(
+                        f"Optuna storage unreachable ({cause}); retrying for up to {STORAGE_RETRY_S:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    said = True
+                time.sleep(1)
+                continue
+            if said:
+                print("Optuna storage reachable again", file=sys.stderr, flush=True)
+            return result
+
+    call.__name__, call.__doc__ = method.__name__, method.__doc__
+    return call
+
+
+class _RetryingStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose calls wait for the database to come back (up to ``STORAGE_RETRY_S``)."""
+
+
+for _name in [
+    m
+    for m in dir(optuna.storages.RDBStorage)
+    if (not m.startswith("_") or m in ("_get_stale_trial_ids",))
+    and callable(getattr(optuna.storages.RDBStorage, m))
+    and m not in ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_failed_trial_callback")
+    and m not in ("upgrade", "remove_session", "get_current_version", "get_head_version", "get_all_versions")
+]:
+    setattr(_RetryingStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def open_study(
@@ -242,12 +308,32 @@ def next_trial(ostudy: optuna.Study) -> optuna.Trial | None:
     """Pop the next enqueued cell's trial, or ``None`` when the queue is empty."""
     if not ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return None
-    trial = ostudy.ask()
-    if "cell" not in trial.user_attrs:  # another worker emptied the queue in between
+    while True:
+        trial = ostudy.ask()
+        if "cell" not in trial.user_attrs:  # another worker emptied the queue in between
+            ostudy.tell(trial, state=TrialState.FAIL)
+            return None
+        if not _duplicate(ostudy, trial):
+            claim(ostudy, trial)
+            return trial
+        # Two `ablate run` that started at once both queued the cell: the copy with the lowest number wins.
+        trial.set_user_attr("outcome", "duplicate")
         ostudy.tell(trial, state=TrialState.FAIL)
-        return None
-    claim(ostudy, trial)
-    return trial
+        if not ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return None
+
+
+def _duplicate(ostudy: optuna.Study, trial: optuna.Trial) -> bool:
+    """Another trial of the same cell is COMPLETE, or queued or running with a lower number."""
+    cell = trial.user_attrs["cell"]
+    for other in ostudy.get_trials(deepcopy=False):
+        if other.number == trial.number or other.user_attrs.get("cell") != cell:
+            continue
+        if other.state == TrialState.COMPLETE:
+            return True
+        if other.state in (TrialState.RUNNING, TrialState.WAITING) and other.number < trial.number:
+            return True
+    return False
 
 
 def claim(ostudy: optuna.Study, trial: optuna.Trial) -> None:
@@ -278,7 +364,10 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.is_set():
-            self._storage.record_heartbeat(self._trial_id)
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception as exc:  # the database is away: beat again next time, never stop beating
+                print(f"heartbeat not recorded ({str(exc).splitlines()[0][:200]}); retrying", file=sys.stderr)
             self._stop.wait(HEARTBEAT_S)
 
     def __enter__(self) -> Heartbeat:
