@@ -38,7 +38,7 @@ VALUES = {"true": {0: 0.5512, 1: 0.5634, 2: 0.5578}, "false": {0: 0.5101, 1: 0.5
 KEY = "batchnorm:smoke:0123456789ab"
 
 
-def _store(uri: str) -> tuple[str, str, dict[str, str]]:
+def make_store(uri: str) -> tuple[str, str, dict[str, str]]:
     """A finished 2-arm x 3-seed batchnorm study, logged as the runner logs it: (experiment, parent, cell -> run)."""
     from ablations.tracking import TAG, Tracker
 
@@ -114,7 +114,7 @@ def test_first_view_shows_the_child_runs_with_levels_and_metric(tmp_path):
         pytest.skip("no chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    exp, parent, cells = _store(uri)
+    exp, parent, cells = make_store(uri)
 
     port = _free_port()
     cmd = [sys.executable, "-m", "ablations.cli", "ui", "batchnorm", "--port", str(port), "--tracking-uri", uri]
