@@ -132,6 +132,9 @@ def _retrying(method):
     return call
 
 
+_PRIVATE_CALLS = ("_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id")
+
+
 class _RetryingStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage whose calls wait for the database to come back (up to ``STORAGE_RETRY_S``)."""
 
@@ -139,7 +142,8 @@ class _RetryingStorage(optuna.storages.RDBStorage):
 for _name in [
     m
     for m in dir(optuna.storages.RDBStorage)
-    if (not m.startswith("_") or m in ("_get_stale_trial_ids",))
+    # the private ones are what Optuna's cached storage (the one a Study uses) calls
+    if (not m.startswith("_") or m in _PRIVATE_CALLS)
     and callable(getattr(optuna.storages.RDBStorage, m))
     and m not in ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_failed_trial_callback")
     and m not in ("upgrade", "remove_session", "get_current_version", "get_head_version", "get_all_versions")

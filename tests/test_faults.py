@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -193,13 +194,16 @@ class Postgres:
 def postgres(tmp_path):
     if _pg_bin() is None:
         pytest.skip("no PostgreSQL (initdb) installed; .ci/services.sh installs it")
-    root = tmp_path / "postgres"
-    root.mkdir()
-    os.chmod(tmp_path, 0o755)
+    # Not under tmp_path: user postgres must reach it, and pytest's folders are root's alone (0700).
+    root = Path(tempfile.mkdtemp(prefix="ablate-faults-pg."))
+    os.chmod(root, 0o755)
     pg = Postgres(root)
-    pg.start()
-    yield pg
-    pg.stop()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_postgres_restarted_mid_study_with_two_workers_loses_nothing(tmp_path, real_archive, postgres):
