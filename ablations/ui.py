@@ -101,8 +101,8 @@ def view_state(parent_tags: dict[str, str]) -> dict:
     Child runs of the study key only (``tags.optuna.study``), best first by the
     study metric, grouped by the arm tag with every group expanded (the group row
     shows the arm's mean; a search shows its best trial per arm instead), and the
-    columns: one per factor (``params.factor.<name>``), the searched keys of a
-    search, the study metric and the seed.
+    columns: the study metric, one per factor (``params.factor.<name>``), the
+    searched keys of a search, and the seed.
     """
     metric = parent_tags.get(f"{TAG}metric", "test_acc")
     maximize = parent_tags.get(f"{TAG}direction", "maximize") == "maximize"
@@ -110,15 +110,17 @@ def view_state(parent_tags: dict[str, str]) -> dict:
     search = parent_tags.get(f"{TAG}search") == "true"
     key = parent_tags.get(f"{TAG}search_key") if search else parent_tags.get(f"{TAG}study_key")
     key = key or parent_tags.get("optuna.study", "")
-    columns = [f"params.`factor.{f}`" for f in factors]
+    columns = [f"metrics.`{metric}`"]  # first: in view however narrow the window
+    columns += [f"params.`factor.{f}`" for f in factors]
     if search:
         columns += [f"params.`{k}`" for k in json.loads(parent_tags.get(f"{TAG}space") or "[]")]
-    columns += [f"metrics.`{metric}`", f"tags.`{TAG}seed`"]
+    columns.append(f"tags.`{TAG}seed`")
     if search and not factors:  # one search, one group: its trials, the best value on the group row
         group_tag, groups = "optuna.study", [key]
     else:
         group_tag, groups = f"{TAG}arm", _arms(factors)
     aggregate = ("max" if maximize else "min") if search else "average"
+    name_width = min(480, max(220, 8 * max((len(g) for g in groups), default=0) + 140))  # "Group: <arm> (n)"
     quoted = key.replace("'", "\\'")
     return {
         # a search's arms are Optuna studies '<key>:<arm>'; a grid study's cells carry '<key>' itself
@@ -133,7 +135,7 @@ def view_state(parent_tags: dict[str, str]) -> dict:
         "hideEmptyCharts": True,
         # widths apply to the columns named in columnOrder only (the UI's own order: name, created, duration, ...)
         "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration", *columns],
-        "columnWidths": {"attributes.`Run Name`": 300, **{c: max(100, 8 * len(c) - 40) for c in columns}},
+        "columnWidths": {"attributes.`Run Name`": name_width, **{c: max(100, 8 * len(c) - 40) for c in columns}},
     }
 
 

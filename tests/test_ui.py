@@ -42,7 +42,7 @@ def test_the_view_groups_the_child_runs_by_arm_with_levels_and_metric(uri):
     assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "ablate.arm"}]
     assert state["groupBy"]["aggregateFunction"] == "average"
     assert state["groupsExpanded"] == {"tag.ablate.arm.batchnorm=true": True, "tag.ablate.arm.batchnorm=false": True}
-    assert state["selectedColumns"] == ["params.`factor.batchnorm`", "metrics.`test_acc`", "tags.`ablate.seed`"]
+    assert state["selectedColumns"] == ["metrics.`test_acc`", "params.`factor.batchnorm`", "tags.`ablate.seed`"]
     assert state["orderByKey"] == "metrics.`test_acc`" and state["orderByAsc"] is False
     assert "runsExpanded" not in state  # the UI drops it from a shared view
     url = study_url("http://127.0.0.1:5000", view)
@@ -65,7 +65,7 @@ def test_a_search_view_shows_the_searched_keys_and_the_best_trial_per_arm():
         }
     )
     assert state["searchFilter"] == "tags.`optuna.study` LIKE 'search_lr:quick:abc%'"
-    assert state["selectedColumns"][:2] == ["params.`optim.lr`", "params.`model.dropout_p`"]
+    assert state["selectedColumns"][1:3] == ["params.`optim.lr`", "params.`model.dropout_p`"]
     assert state["groupBy"]["aggregateFunction"] == "min" and state["orderByAsc"] is True
     assert state["groupsExpanded"] == {"tag.optuna.study.search_lr:quick:abc": True}
 
