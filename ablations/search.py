@@ -94,7 +94,8 @@ def _transient(exc: BaseException) -> bool:
     import sqlalchemy.exc as sa
 
     cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
-    return isinstance(cause, (sa.OperationalError, sa.InterfaceError)) or (
+    # PendingRollbackError: the session still holds the transaction the lost connection broke
+    return isinstance(cause, (sa.OperationalError, sa.InterfaceError, sa.PendingRollbackError)) or (
         isinstance(cause, sa.DBAPIError) and cause.connection_invalidated
     )
 
@@ -107,9 +108,13 @@ def _retrying(method):
         while True:
             try:
                 result = method(self, *args, **kwargs)
-            except (optuna.exceptions.StorageInternalError, sa.DBAPIError) as exc:
+            except (optuna.exceptions.StorageInternalError, sa.DBAPIError, sa.PendingRollbackError) as exc:
                 if not _transient(exc):
                     raise
+                try:
+                    self.remove_session()  # a fresh session (and connection) for the next try
+                except Exception:  # noqa: BLE001 - best effort on a broken connection
+                    pass
                 now = time.monotonic()
                 deadline = deadline or now + STORAGE_RETRY_S
                 if now > deadline:
