@@ -414,7 +414,7 @@ def _stopped(exc: Exception, study_file: Path, profile: str | None, tracking_uri
         f"Error: the study stopped: {what}.\n"
         "Finished cells are kept; the cell in progress is marked FAILED (its trial FAIL) and is trained "
         "again by the next run.\n"
-        f"resume with: ablate run {study_file}" + (f" --profile {profile}" if profile else ""),
+        f"resume with: {_resume_command(study_file, profile)}",
         err=True,
     )
     sys.exit(1)
