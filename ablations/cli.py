@@ -652,7 +652,7 @@ def ui(study: str | None, profile: str | None, port: int, open_browser: bool, tr
         raise click.ClickException(str(exc)) from None
     urls = [study_url(base, view) for view in views]
     if server:
-        _list_views(views, urls, uri)
+        _list_views(views, urls, uri, base)
         if open_browser and urls:
             webbrowser.open(urls[0])
         return
@@ -665,7 +665,7 @@ def ui(study: str | None, profile: str | None, port: int, open_browser: bool, tr
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rc = 0
     try:
-        _list_views(views, urls, uri)
+        _list_views(views, urls, uri, base)
         if not views:
             click.echo("no studies in this store yet: `ablate run STUDY.yaml` makes one")
         if open_browser:
@@ -681,9 +681,9 @@ def ui(study: str | None, profile: str | None, port: int, open_browser: bool, tr
     sys.exit(rc)
 
 
-def _list_views(views, urls: list[str], uri: str) -> None:
+def _list_views(views, urls: list[str], uri: str, base: str) -> None:
     """Print each study's page, and put its report on its parent run (a report that fails is a warning)."""
-    from ablations.ui import publish_report
+    from ablations.ui import publish_report, run_url
 
     for view, url in zip(views, urls, strict=True):
         click.echo(f"{view.study}{f' (profile {view.profile})' if view.profile else ''}: {url}")
@@ -693,7 +693,10 @@ def _list_views(views, urls: list[str], uri: str) -> None:
             click.echo(f"  could not put the report on the parent run: {exc}", err=True)
             continue
         if parent:
-            click.echo(f"  the report (per-arm means and intervals, figures) is on parent run {parent}")
+            click.echo(
+                f"  the report (per-arm means and intervals, figures) is on parent run {parent}: "
+                + run_url(base, view.experiment_id, parent)
+            )
 
 
 def _open_when_up(proc: subprocess.Popen, base: str, url: str, timeout_s: float = 120.0) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "UIError",
     "prepare_view",
     "publish_report",
+    "run_url",
     "studies",
     "study_url",
     "view_state",
@@ -170,6 +171,11 @@ def study_url(base: str, view: StudyView) -> str:
     """The address of ``view`` in the MLflow UI at ``base`` (``http://127.0.0.1:5000``)."""
     query = f"workflowType=machine_learning&viewStateShareKey={quote(view.view_id)}&compareRunsMode=TABLE"
     return f"{base.rstrip('/')}/#/experiments/{view.experiment_id}/runs?{query}"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """The address of one run's page (the parent run's report), in the model-training view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def publish_report(study: str, tracking_uri: str | None, profile: str | None = None) -> str | None:

@@ -128,7 +128,7 @@ def test_first_view_shows_the_child_runs_with_levels_and_metric(tmp_path):
         url = line.split(": ", 1)[1].strip()
         assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/{exp}/runs?workflowType=machine_learning")
         report = proc.stdout.readline()
-        assert parent in report, report
+        assert report.strip().endswith(f"/#/experiments/{exp}/runs/{parent}?workflowType=machine_learning"), report
         _wait_for(f"http://127.0.0.1:{port}/health", proc, 240)
 
         with sync_api.sync_playwright() as p:
