@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from ablations.budget import GPU_BUDGET_S, Eta, estimate, format_seconds
 from ablations.factors import level_label
 from ablations.plots import learning_curves
 from ablations.search import (
@@ -169,9 +170,11 @@ class _Session:
 
     def __init__(self, study: Study, tracking_uri: str | None, storage: str | None, create: bool) -> None:
         self.study, self.data_cache, self.tried = study, {}, 0
+        self.eta: Eta | None = None  # set by run_study once the budget is estimated
         # every cell this study may train (a sequential study: the seeds of its last look), and those of
         # the current look (what the progress bar counts)
-        self.by_key = {c.key: c for c in study.with_seeds(study.looks()[-1]).cells()}
+        self.plan = study.looks()  # the seeds of each look (one look: the study's seeds)
+        self.by_key = {c.key: c for c in study.with_seeds(self.plan[-1]).cells()}
         self.scope = {c.key for c in study.cells()}
         splits_for(study.config.data, self.data_cache)  # fail on missing data before anything is logged
         lock = _SqliteLock(tracking_uri, storage)  # two `ablate run` creating the same SQLite stores at once race
@@ -289,17 +292,25 @@ class _Session:
                     self.ostudy.tell(trial, state=TrialState.FAIL)
                     continue
                 label = f"[{len(self.complete_keys() & self.scope) + 1}/{total}] {cell.key}"
+                t_cell = time.monotonic()
                 try:
                     _run_cell(self, cell, trial, summary, progress, label)
                 except BaseException:  # e.g. the tracking server went away before the run existed
                     _fail_if_running(self.ostudy, trial)
                     raise
-                bar.n = len(self.complete_keys() & self.scope)
+                complete = self.complete_keys()
+                bar.n = len(complete & self.scope)
+                eta = ""
+                if self.eta is not None:
+                    self.eta.finished(time.monotonic() - t_cell)
+                    left = self.eta.remaining([self.by_key[k] for k in self.scope - complete])
+                    eta = f"; study ETA {format_seconds(left)}"
+                    bar.set_postfix_str(f"study ETA {format_seconds(left)}", refresh=False)
                 bar.refresh()
                 if cell.key in summary.values:
                     value = summary.values[cell.key]
                     shown = f"{100 * value:.2f}%" if study.metric.name.endswith(("acc", "top3")) else f"{value:.4f}"
-                    tqdm.write(f"[{bar.n}/{total}] {cell.key}: {study.metric.name} {shown}")
+                    tqdm.write(f"[{bar.n}/{total}] {cell.key}: {study.metric.name} {shown}{eta}")
         finally:
             bar.close()
 
@@ -351,6 +362,7 @@ def run_study(
     status, visited = "FINISHED", set()
     started = time.monotonic()
     seq = study.sequential
+    _announce_budget(session, before)
     try:
         look = 0
         while True:
@@ -414,13 +426,53 @@ def sequential_state(session: _Session) -> SequentialState:
     from ablations.report import load_runs, sequential_looks
 
     sr = load_runs(session.study.name, session.tracker.uri, parent_run_id=session.parent)
-    sr.sequential = {**(sr.sequential or {}), "looks": session.study.looks()}
+    sr.sequential = {**(sr.sequential or {}), "looks": session.plan}
     if session.study.sequential is not None:
         sr.sequential.update(session.study.sequential.model_dump())
     looks, stopped = sequential_looks(sr) if not sr.runs.empty else ([], None)
     for look in looks:
         look.pop("_report", None)
     return SequentialState(looks, stopped if stopped in ("decided", "max_seeds") else None)
+
+
+def _announce_budget(session: _Session, complete: set[str]) -> None:
+    """Before training: the cells left, and how long they should take on this device (a short calibration).
+
+    For a sequential study, the range from its first look to its cap. On a CPU, a budget above
+    three hours is called a GPU budget, with the ``quick`` profile's estimate when the file has one.
+    """
+    study = session.study
+    first = [c for c in study.cells() if c.key not in complete]
+    cap = [c for c in session.by_key.values() if c.key not in complete]
+    if not cap:
+        return
+    splits = splits_for(study.config.data, session.data_cache)
+    try:
+        budget = estimate(study, splits)
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice; the study itself reports real errors
+        tqdm.write(f"budget: {len(first)} cell(s) to train; no time estimate ({type(exc).__name__}: {exc})")
+        return
+    session.eta = Eta(budget)
+    speed = ", ".join(f"{arm or 'the run'} {ips:,.0f}" for arm, ips in budget.speed.items())
+    line = f"budget: {len(first)} cell(s) to train, about {format_seconds(budget.seconds(first))}"
+    if study.sequential is not None:
+        line += f" for the first look, up to {len(cap)} cell(s) and {format_seconds(budget.seconds(cap))} at the cap"
+    tqdm.write(f"{line} (on {budget.device}: images/s {speed}, measured just now)")
+    if budget.device == "cpu" and budget.seconds(first) > GPU_BUDGET_S:
+        hint = "that is a GPU budget"
+        if study.profile != "quick" and "quick" in _profiles(study):
+            hint += ": on this CPU run --profile quick (a few epochs on a subset) instead"
+        tqdm.write(f"budget: {format_seconds(budget.seconds(first))} on the CPU: {hint}")
+
+
+def _profiles(study: Study) -> list[str]:
+    """The profile names of the study's file (empty when it cannot be read again)."""
+    import yaml
+
+    try:
+        return list((yaml.safe_load(study.path.read_text()) or {}).get("profiles") or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
 
 
 def _announce_look(study: Study, look: int, state: SequentialState) -> None:

@@ -1,0 +1,119 @@
+"""Sequential studies end to end: the look plan, resuming, stopping when decided, equivalence of identical arms,
+a large effect stopping at the first look, and the report's looks."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import ablations.runner as runner
+from ablations.cli import main
+from ablations.rendering import render
+from ablations.report import build_report, load_runs
+from ablations.study import StudyError, load_study
+from tests.conftest import tiny_splits
+
+TINY = (
+    "name: {name}\nquestion: q\nbase: {{train.epochs: 1, train.batch_size: 16, train.device: cpu}}\n"
+    "factors:\n  batchnorm: [true, false]\nseeds: [0, 1, 2]\n"
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "seq") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_look_plan_adds_step_seeds_up_to_the_cap(tmp_path):
+    path = write(tmp_path, TINY.format(name="seq") + "sequential: {max_seeds: 8, step: 2}\n")
+    study = load_study(path)
+    assert study.looks() == [[0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6, 7]]
+    assert load_study(path, max_seeds=4).looks() == [[0, 1, 2], [0, 1, 2, 3]]
+    plain = write(tmp_path, TINY.format(name="plain"), "plain")
+    assert load_study(plain).looks() == [[0, 1, 2]]
+    assert load_study(plain, until_decided=True).sequential.max_seeds == 20  # the block's defaults
+    assert load_study(plain).key == load_study(plain, until_decided=True).key  # same study, same finished cells
+
+
+@pytest.mark.parametrize(
+    ("block", "where", "message"),
+    [
+        ("sequential: {max_seeds: 2}\n", "sequential.max_seeds", "fewer than the study's 3 seeds"),
+        ("sequential: {step: 0}\n", "sequential.step", "greater than or equal to 1"),
+        ("sequential: {max_seed: 9}\n", "sequential.max_seed", "Extra inputs"),
+        ("sequential: {equivalence_margin: -1}\n", "sequential.equivalence_margin", "greater than 0"),
+    ],
+)
+def test_a_bad_sequential_block_names_the_file_and_key(tmp_path, block, where, message):
+    path = write(tmp_path, TINY.format(name="bad") + block)
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    assert str(path) in str(err.value) and where in str(err.value) and message in str(err.value)
+
+
+def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())
+    path = write(tmp_path, TINY.format(name="resume"))
+    first = runner.run_study(load_study(path, max_seeds=3), progress=False)  # as if killed after look 1
+    assert len(first.trained) == 6 and first.stopped == "max_seeds"
+    again = runner.run_study(load_study(path, max_seeds=5), progress=False)
+    assert sorted(again.trained) == sorted(f"batchnorm={b} seed={s}" for b in ("true", "false") for s in (3, 4))
+    assert again.skipped == 6 and len(again.looks) == 2
+    done = runner.run_study(load_study(path, max_seeds=5), progress=False)
+    assert done.trained == [] and done.skipped == 10 and done.stopped == again.stopped
+    r = build_report(load_runs("resume"))
+    assert r.sequential["stopped"] in ("decided", "max_seeds") and [x["seeds"] for x in r.sequential["looks"]] == [3, 5]
+    assert json.loads(render(r, "json"))["sequential"]["looks"][1]["seeds"] == 5
+
+
+def _run(tmp_path, study_file, *extra):
+    stores = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    return CliRunner().invoke(main, ["run", str(study_file), *stores, *extra])
+
+
+def _report(tmp_path, name):
+    out = CliRunner().invoke(
+        main, ["report", name, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--format", "json"]
+    )
+    assert out.exit_code == 0, out.output
+    return json.loads(out.output)
+
+
+@pytest.mark.e2e
+def test_two_identical_arms_under_different_labels_end_equivalent_at_the_first_look(tmp_path, real_archive):
+    study = write(
+        tmp_path,
+        "name: same\nquestion: do two labels of one config differ?\n"
+        "base: {train.epochs: 1, train.batch_size: 32, data.train_subset: 320, data.val_fraction: 0.05,"
+        " data.test_subset: 500}\n"
+        "factors:\n  variant:\n    a: {optim.lr: 1.0e-3}\n    b: {optim.lr: 1.0e-3}\n"
+        "seeds: [0, 1, 2]\nsequential: {max_seeds: 9, equivalence_margin: 1.0}\n",
+    )
+    out = _run(tmp_path, study)
+    assert out.exit_code == 0, out.output
+    assert "sequential: decided at look 1 (3 seeds per arm)" in out.output
+    rep = _report(tmp_path, "same")
+    effect = rep["effects"][0]
+    assert effect["estimate"] == 0 and effect["ci_low"] == 0 and effect["ci_high"] == 0  # the runs are identical
+    assert effect["verdict"] == "equivalent" and rep["sequential"]["stopped"] == "decided"
+    assert len(rep["sequential"]["looks"]) == 1
+
+
+@pytest.mark.e2e
+def test_a_large_true_effect_stops_at_the_first_look_not_at_the_cap(tmp_path, real_archive):
+    study = write(
+        tmp_path,
+        "name: lr\nquestion: does a 100x smaller learning rate hurt?\n"
+        "base: {train.epochs: 2, train.batch_size: 64, data.train_subset: 1600, data.val_fraction: 0.05,"
+        " data.test_subset: 1000}\n"
+        "factors:\n  optim.lr: [1.0e-3, 1.0e-5]\nseeds: [0, 1, 2]\n",
+    )
+    out = _run(tmp_path, study, "--max-seeds", "9")
+    assert out.exit_code == 0, out.output
+    assert "sequential: decided at look 1 (3 seeds per arm)" in out.output, out.output
+    rep = _report(tmp_path, "lr")
+    assert rep["effects"][0]["verdict"] == "worse" and len(rep["runs"]) == 6
