@@ -102,13 +102,15 @@ def view_state(parent_tags: dict[str, str]) -> dict:
     Child runs of the study key only (``tags.optuna.study``), best first by the
     study metric, grouped by the arm tag with every group expanded (the group row
     shows the arm's mean; a search shows its best trial per arm instead), and the
-    columns: the study metric, one per factor (``params.factor.<name>``), the
-    searched keys of a search, and the seed.
+    columns: the study metric (a search: ``trial_value``, the metric the trial was
+    judged by), one per factor (``params.factor.<name>``), the searched keys of a
+    search, and the seed.
     """
-    metric = parent_tags.get(f"{TAG}metric", "test_acc")
     maximize = parent_tags.get(f"{TAG}direction", "maximize") == "maximize"
     factors = json.loads(parent_tags.get(f"{TAG}factors") or "{}")
     search = parent_tags.get(f"{TAG}search") == "true"
+    # a trial's value is the metric at its best epoch (metric trial_value); the metric itself shows the last
+    metric = "trial_value" if search else parent_tags.get(f"{TAG}metric", "test_acc")
     key = parent_tags.get(f"{TAG}search_key") if search else parent_tags.get(f"{TAG}study_key")
     key = key or parent_tags.get("optuna.study", "")
     columns = [f"metrics.`{metric}`"]  # first: in view however narrow the window

@@ -65,7 +65,8 @@ def test_a_search_view_shows_the_searched_keys_and_the_best_trial_per_arm():
         }
     )
     assert state["searchFilter"] == "tags.`optuna.study` LIKE 'search_lr:quick:abc%'"
-    assert state["selectedColumns"][1:3] == ["params.`optim.lr`", "params.`model.dropout_p`"]
+    assert state["selectedColumns"][:3] == ["metrics.`trial_value`", "params.`optim.lr`", "params.`model.dropout_p`"]
+    assert state["orderByKey"] == "metrics.`trial_value`"  # the value at the trial's best epoch, not its last
     assert state["groupBy"]["aggregateFunction"] == "min" and state["orderByAsc"] is True
     assert state["groupsExpanded"] == {"tag.optuna.study.search_lr:quick:abc": True}
 
