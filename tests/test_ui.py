@@ -79,3 +79,34 @@ def test_unknown_study_or_profile_is_a_clear_error_before_the_ui_starts(uri):
         prepare_view(Tracker(uri), "batchnorm", "quick")
     out = CliRunner().invoke(main, ["ui", "dropout", "--tracking-uri", uri])
     assert out.exit_code == 1 and "no study 'dropout'" in out.output and "MLflow UI for" not in out.output
+
+
+def test_open_waits_for_the_ui_then_opens_the_page(monkeypatch):
+    import http.server
+    import threading
+
+    from ablations import cli
+
+    opened = []
+    monkeypatch.setattr(cli.webbrowser, "open", opened.append)
+
+    class Proc:  # the mlflow ui process, still running
+        def poll(self):
+            return None
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        cli._open_when_up(Proc(), base, f"{base}/#/experiments/1/runs", timeout_s=20)
+    finally:
+        server.shutdown()
+    assert opened == [f"{base}/#/experiments/1/runs"]
