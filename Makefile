@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision: pip takes the versions this machine holds; elsewhere pip picks a build for your platform.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint run report ui bench clean
+.PHONY: install test lint run report ui bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+
+# The CUDA path end to end on a GPU machine (tests incl. `cuda`, benchmarks, batchnorm studies); on a CPU as far as it can.
+gpu-check: $(STAMP)
+	PY=$(BIN)/python ABLATE=$(BIN)/ablate benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -17,7 +17,9 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -38,7 +40,7 @@ from ablations.study import Cell, Study
 from ablations.tracking import TAG, Tracker, git_commit
 from core.config import DataConfig, RunConfig, config_hash, flatten
 from core.data import Splits, load_splits
-from core.train import Callback, DivergedError, FitResult, fit
+from core.train import Callback, DivergedError, FitResult, fit, fit_many
 
 __all__ = [
     "MlflowEpochs",
@@ -171,6 +173,7 @@ class _Session:
     def __init__(self, study: Study, tracking_uri: str | None, storage: str | None, create: bool) -> None:
         self.study, self.data_cache, self.tried = study, {}, 0
         self.eta: Eta | None = None  # set by run_study once the budget is estimated
+        self.fuse_k: dict[str, int] = {}  # arm -> seeds trained as one fused model (core.fused)
         # every cell this study may train (a sequential study: the seeds of its last look), and those of
         # the current look (what the progress bar counts)
         self.plan = study.looks()  # the seeds of each look (one look: the study's seeds)
@@ -293,26 +296,77 @@ class _Session:
                     continue
                 label = f"[{len(self.complete_keys() & self.scope) + 1}/{total}] {cell.key}"
                 t_cell = time.monotonic()
+                group = [(cell, trial)]
                 try:
-                    _run_cell(self, cell, trial, summary, progress, label)
+                    group = self._fused_group(cell, trial)  # up to K queued seeds of this arm, or just this one
+                    if len(group) == 1:
+                        _run_cell(self, cell, trial, summary, progress, label)
+                    else:
+                        _run_group(self, group, summary, progress, label)
                 except BaseException:  # e.g. the tracking server went away before the run existed
-                    _fail_if_running(self.ostudy, trial)
+                    for _, t in group:
+                        _fail_if_running(self.ostudy, t)
                     raise
                 complete = self.complete_keys()
                 bar.n = len(complete & self.scope)
                 eta = ""
                 if self.eta is not None:
-                    self.eta.finished(time.monotonic() - t_cell)
+                    for _ in group:  # a fused group: each seed took its share of the group's time
+                        self.eta.finished((time.monotonic() - t_cell) / len(group))
                     left = self.eta.remaining([self.by_key[k] for k in self.scope - complete])
                     eta = f"; study ETA {format_seconds(left)}"
                     bar.set_postfix_str(f"study ETA {format_seconds(left)}", refresh=False)
                 bar.refresh()
-                if cell.key in summary.values:
-                    value = summary.values[cell.key]
-                    shown = f"{100 * value:.2f}%" if study.metric.name.endswith(("acc", "top3")) else f"{value:.4f}"
-                    tqdm.write(f"[{bar.n}/{total}] {cell.key}: {study.metric.name} {shown}{eta}")
+                for done_cell, _ in group:
+                    if done_cell.key in summary.values:
+                        value = summary.values[done_cell.key]
+                        metric = study.metric.name
+                        shown = f"{100 * value:.2f}%" if metric.endswith(("acc", "top3")) else f"{value:.4f}"
+                        tqdm.write(f"[{bar.n}/{total}] {done_cell.key}: {metric} {shown}{eta}")
         finally:
             bar.close()
+
+    def _fused_group(self, cell: Cell, trial) -> list[tuple[Cell, Any]]:
+        """``cell`` and up to K - 1 more queued seeds of its arm, to train as one fused model.
+
+        K is ``core.fused.fuse_group_size`` for the arm's config (``train.fuse_seeds``; 1 on the CPU
+        with ``auto``), decided once per arm and said once when it fuses or falls back. Only the
+        next queued trials are taken, and only while they are seeds of the same arm with the same
+        config: cells queue seeds innermost, so those are the arm's other seeds.
+        """
+        from core.fused import fuse_group_size
+        from core.train import resolve_config, select_device
+
+        group = [(cell, trial)]
+        cfg = self.study.cell_config(cell)
+        if cell.arm not in self.fuse_k:
+            k, why = fuse_group_size(resolve_config(cfg), 2**31, select_device(cfg.train.device))
+            self.fuse_k[cell.arm] = k
+            if cfg.train.fuse_seeds != "off" and (k > 1 or "one at a time:" in why):
+                tqdm.write(f"{cell.arm or self.study.name}: {why}")
+        same = {k: v for k, v in flatten(cfg).items() if k != "train.seed"}
+        while len(group) < self.fuse_k[cell.arm]:
+            waiting = sorted(
+                self.ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number
+            )
+            nxt = self.by_key.get(waiting[0].user_attrs.get("cell")) if waiting else None
+            if nxt is None or nxt.arm != cell.arm or nxt.key in {c.key for c, _ in group}:
+                break
+            t = next_trial(self.ostudy)
+            if t is None:
+                break
+            other = self.by_key.get(t.user_attrs.get("cell"))
+            fits = other is not None and other.arm == cell.arm and other.key not in {c.key for c, _ in group}
+            if fits:
+                fits = {k: v for k, v in flatten(self.study.cell_config(other)).items() if k != "train.seed"} == same
+            if not fits:  # another worker took the peeked trial in between: put this one back
+                t.set_user_attr("outcome", "returned to the queue")
+                self.ostudy.tell(t, state=TrialState.FAIL)
+                if other is not None:
+                    requeue(self.ostudy, other)
+                break
+            group.append((other, t))
+        return group
 
     def running(self) -> list[str]:
         return [
@@ -560,23 +614,7 @@ def _end_quietly(tracker: Tracker, run_id: str, status: str, reason: str) -> Non
 def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progress: bool, label: str) -> None:
     study, tracker, ostudy = session.study, session.tracker, session.ostudy
     cfg = study.cell_config(cell)
-    params = {**flatten(cfg), **{f"factor.{k}": level_label(v) for k, v in cell.levels.items()}}
-    run_id = tracker.start_cell(
-        session.exp_id,
-        session.parent,
-        cell.key,
-        params,
-        {
-            **session.tags,
-            f"{TAG}cell": cell.key,
-            f"{TAG}arm": cell.arm,
-            f"{TAG}seed": str(cell.seed),
-            f"{TAG}config_hash": config_hash(cfg),
-            "optuna.trial_number": str(trial.number),
-        },
-    )
-    trial.set_user_attr("mlflow_run_id", run_id)
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    run_id = _start_cell_run(session, cell, trial, cfg)
     bar = _Progress(label) if progress else None
     callbacks = [MlflowEpochs(tracker, run_id)] + ([bar] if bar else [])
     try:
@@ -612,3 +650,92 @@ def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progres
     ostudy.tell(trial, value)
     summary.trained.append(cell.key)
     summary.values[cell.key] = value
+
+
+def _start_cell_run(session: _Session, cell: Cell, trial, cfg: RunConfig) -> str:
+    """Create the cell's MLflow child run (params, tags) and link it to its trial; return its ID."""
+    params = {**flatten(cfg), **{f"factor.{k}": level_label(v) for k, v in cell.levels.items()}}
+    run_id = session.tracker.start_cell(
+        session.exp_id,
+        session.parent,
+        cell.key,
+        params,
+        {
+            **session.tags,
+            f"{TAG}cell": cell.key,
+            f"{TAG}arm": cell.arm,
+            f"{TAG}seed": str(cell.seed),
+            f"{TAG}config_hash": config_hash(cfg),
+            "optuna.trial_number": str(trial.number),
+        },
+    )
+    trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    return run_id
+
+
+def _run_group(
+    session: _Session, group: list[tuple[Cell, Any]], summary: RunSummary, progress: bool, label: str
+) -> None:
+    """Train the seeds of one arm as one fused model (``core.train.fit_many``), each its own run and trial.
+
+    Every seed gets exactly what :func:`_run_cell` gives a cell: its MLflow child run with the same
+    params, tags, per-epoch metrics, final metrics and artifacts, and its Optuna trial told its
+    value. A seed that diverges fails alone; an interrupt or an error marks every run of the group
+    KILLED/FAILED and every trial FAIL, so the next ``ablate run`` queues all the group's seeds again.
+    """
+    study, tracker, ostudy = session.study, session.tracker, session.ostudy
+    cells, trials = [c for c, _ in group], [t for _, t in group]
+    cfg = study.cell_config(cells[0])
+    run_ids = [_start_cell_run(session, c, t, study.cell_config(c)) for c, t in group]
+    bar = _Progress(f"{label} (+{len(group) - 1} seeds fused)") if progress else None
+    callbacks = [[MlflowEpochs(tracker, rid)] + ([bar] if bar and i == 0 else []) for i, rid in enumerate(run_ids)]
+    try:
+        with ExitStack() as beats:
+            for t in trials:
+                beats.enter_context(Heartbeat(session.storage, t._trial_id))
+            splits = splits_for(cfg.data, session.data_cache)
+            results = fit_many(cfg, [c.seed for c in cells], splits, callbacks, group_size=len(group))
+            for cell, run_id, result in zip(cells, run_ids, results, strict=True):
+                if isinstance(result, FitResult):
+                    _log_result(tracker, run_id, cell, result)
+    except KeyboardInterrupt:
+        for run_id, t in zip(run_ids, trials, strict=True):
+            _end_quietly(tracker, run_id, "KILLED", "interrupted (Ctrl-C)")
+            _fail_if_running(ostudy, t)
+        raise
+    except BaseException:  # the tracking server or the artifact disk may be what failed: tell Optuna anyway
+        reason = traceback.format_exc()
+        for run_id, t in zip(run_ids, trials, strict=True):
+            _end_quietly(tracker, run_id, "FAILED", reason)
+            _fail_if_running(ostudy, t)
+        raise
+    finally:
+        if bar:
+            bar.close()
+    error = None
+    for cell, trial, run_id, result in zip(cells, trials, run_ids, results, strict=True):
+        if isinstance(result, DivergedError):
+            reason = f"{cell.key}: {result}"
+            tracker.end(run_id, "FAILED", reason)
+            trial.set_user_attr("failure", reason)
+            ostudy.tell(trial, state=TrialState.FAIL)
+            summary.failed[cell.key] = str(result)
+            tqdm.write(f"run '{cell.key}' failed: {result}; the study goes on", file=sys.stderr)
+            continue
+        if isinstance(result, BaseException):  # a callback of this seed raised (e.g. MLflow): as in _run_cell
+            _end_quietly(tracker, run_id, "FAILED", "".join(traceback.format_exception(result)))
+            ostudy.tell(trial, state=TrialState.FAIL)
+            error = error or result
+            continue
+        try:
+            tracker.end(run_id)
+        except BaseException:  # not FINISHED in MLflow: the cell is not complete (the next run closes the run)
+            ostudy.tell(trial, state=TrialState.FAIL)
+            raise
+        value = result.value(study.metric.name)
+        ostudy.tell(trial, value)
+        summary.trained.append(cell.key)
+        summary.values[cell.key] = value
+    if error is not None:
+        raise error

@@ -142,6 +142,17 @@ class TrainConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and CPU, off for MPS
     max_steps: int | None = None  # stop each epoch after this many batches (benchmarks, smoke)
     early_stopping: int | None = None  # stop after this many epochs without a better val loss (seed 003)
+    # Seeds of one config trained side by side as one fused model (core.fused): "off", a group size
+    # K, or "auto" (on CUDA as many as fit in free memory, up to 16; one at a time on the CPU, where
+    # benchmarks/fused.py measured no gain). Results are the same as one at a time (to rounding).
+    fuse_seeds: Literal["auto", "off"] | int = "auto"
+
+    @field_validator("fuse_seeds")
+    @classmethod
+    def _group_size(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be 'auto', 'off' or a group size >= 1")
+        return v
 
 
 class RunConfig(_Section):
@@ -212,9 +223,16 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"config key '{key}': {err['msg']} (got {err.get('input')!r})") from None
 
 
-# Where the data lives and which device trains do not change what a run means:
+# Where the data lives, which device trains and how seeds are grouped do not change what a run means:
 # a study resumed on another machine, or with the archive elsewhere, is the same study.
-_NOT_HASHED = ("data.root", "data.download", "data.cache_dir", "train.device", "train.eval_batch_size")
+_NOT_HASHED = (
+    "data.root",
+    "data.download",
+    "data.cache_dir",
+    "train.device",
+    "train.eval_batch_size",
+    "train.fuse_seeds",  # fused or one at a time, the runs are the same (core.fused)
+)
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -1,4 +1,4 @@
-"""Train ONE run: ``fit(cfg) -> FitResult``.
+"""Train ONE run, ``fit(cfg) -> FitResult``, or several seeds of it side by side, ``fit_many``.
 
 The whole data set sits on the training device as uint8 tensors (see
 ``core.data``); each step indexes a batch, augments it on the device
@@ -7,11 +7,15 @@ DataLoader workers and no per-image PIL work in the loop (the cifar10-airbench
 habit). Per epoch the loop reports train/validation loss and top-1 accuracy,
 seconds and images per second; at the end it evaluates the best-validation
 weights on the official test set (top-1 and top-3).
+
+:func:`fit_many` trains K seeds of one config in the same loop as one fused model
+(``core.fused``: stacked parameters under ``torch.vmap``); :func:`fit` is its K = 1 case.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -29,10 +33,22 @@ from core import rng
 from core.augment import BatchAugment, normalize
 from core.config import RunConfig
 from core.data import Splits, load_splits
-from core.metrics import confusion_matrix, per_class_accuracy, topk_correct
+from core.fused import Single, Stacked, fuse_group_size, per_replica_topk
+from core.metrics import confusion_matrix, per_class_accuracy
 from core.models import create_model, resolve_model_config
 
-__all__ = ["Callback", "DivergedError", "FitResult", "evaluate", "fit", "resolve_config", "select_device"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Callback",
+    "DivergedError",
+    "FitResult",
+    "evaluate",
+    "fit",
+    "fit_many",
+    "resolve_config",
+    "select_device",
+]
 
 
 class DivergedError(RuntimeError):
@@ -161,9 +177,14 @@ def memory_format(cfg: RunConfig, device: torch.device) -> torch.memory_format:
     return torch.channels_last if on else torch.contiguous_format
 
 
-def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _optimizer(cfg: RunConfig, params: list[Tensor]) -> torch.optim.Optimizer:
+    """The optimiser over ``params`` (the trainable ones: frozen layers, ``model.trainable``, stay out).
+
+    Adam, AdamW and SGD update each element from its own gradient and state only, so over the
+    stacked (K, ...) leaves of fused seeds (``core.fused``) they step every seed as its own
+    optimiser would, weight decay included.
+    """
     o = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (model.trainable) stay out
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
     if o.name == "adamw":
@@ -217,33 +238,54 @@ def evaluate(
         (one ``topK`` key per k > 1); empty ``x`` gives NaNs.
     """
     device = next(model.parameters()).device
+    return _evaluate_replicas(Single(model), device, x, y, cfg, topk, num_classes)[0]
+
+
+@torch.no_grad()
+def _evaluate_replicas(
+    reps: Single | Stacked,
+    device: torch.device,
+    x: Tensor,
+    y: Tensor,
+    cfg: RunConfig,
+    topk: Sequence[int] = (1,),
+    num_classes: int = 0,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate` for each of the K replicas of a (fused) model on the same images: K dicts."""
     autocast, _ = autocast_context(cfg, device)
     fmt = memory_format(cfg, device)
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = {k: torch.zeros((), dtype=torch.long, device=device) for k in topk}
+    reps.train(False)
+    k = reps.k
+    loss_sum = torch.zeros(k, device=device)
+    correct = {t: torch.zeros(k, dtype=torch.long, device=device) for t in topk}
     preds = []
     for i in range(0, len(x), cfg.train.eval_batch_size):
         xb = normalize(x[i : i + cfg.train.eval_batch_size], cfg.augment.mean, cfg.augment.std)
         yb = y[i : i + cfg.train.eval_batch_size]
         with autocast:
-            logits = model(xb.contiguous(memory_format=fmt)).float()
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-        for k in topk:
-            correct[k] += topk_correct(logits, yb, k)
+            logits = reps.shared(xb.contiguous(memory_format=fmt)).float()  # (K, B, C)
+        loss_sum += F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1).sum(1)
+        for t in topk:
+            correct[t] += per_replica_topk(logits, yb, t)
         if num_classes:
-            preds.append(logits.argmax(dim=1))
+            preds.append(logits.argmax(dim=-1))
     n = len(x) if len(x) else float("nan")
-    out: dict[str, Any] = {"loss": loss_sum.item() / n}
-    for k in topk:
-        out["acc" if k == 1 else f"top{k}"] = correct[k].item() / n
-    if num_classes:
-        out["confusion"] = confusion_matrix(torch.cat(preds) if preds else y[:0], y, num_classes).cpu()
-    return out
+    losses = (loss_sum / n).tolist() if len(x) else [math.nan] * k
+    counts = {t: (c / n).tolist() if len(x) else [math.nan] * k for t, c in correct.items()}
+    outs: list[dict[str, Any]] = []
+    for j in range(k):
+        out: dict[str, Any] = {"loss": losses[j]}
+        for t in topk:
+            out["acc" if t == 1 else f"top{t}"] = counts[t][j]
+        if num_classes:
+            pj = torch.cat([p[j] for p in preds]) if preds else y[:0]
+            out["confusion"] = confusion_matrix(pj, y, num_classes).cpu()
+        outs.append(out)
+    return outs
 
 
 def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callback] = ()) -> FitResult:
-    """Train one model as ``cfg`` says and evaluate it on the test set.
+    """Train one model as ``cfg`` says and evaluate it on the test set: :func:`fit_many` with one seed.
 
     Args:
         cfg: the run config; model preset values are filled in.
@@ -258,106 +300,250 @@ def fit(cfg: RunConfig, splits: Splits | None = None, callbacks: Sequence[Callba
         DivergedError: the mean training loss of an epoch is NaN or infinite.
         core.config.ConfigError: an invalid model setting.
         core.data.DataError: the data cannot be loaded.
+        Exception: whatever a callback raised (e.g. ``optuna.TrialPruned``).
     """
-    t0 = time.perf_counter()
+    (result,) = fit_many(cfg, [cfg.train.seed], splits, [callbacks])
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def fit_many(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    splits: Splits | None = None,
+    callbacks: Sequence[Sequence[Callback]] | None = None,
+    group_size: int | None = None,
+) -> list[FitResult | Exception]:
+    """Train ``cfg`` once per seed in ``seeds``, K seeds at a time as one fused model (``core.fused``).
+
+    K comes from ``train.fuse_seeds`` (:func:`core.fused.fuse_group_size`): ``off`` or an
+    unfusable config trains one seed at a time, an int K fuses K seeds, ``auto`` fuses on CUDA.
+    Each seed keeps everything a run of its own has: its initial weights, data order,
+    augmentation draws and dropout masks (its streams of ``core.rng``), its validation, its
+    best-epoch weights, its early stopping, its callbacks and its result. A seed whose loss
+    diverges, or whose callback raises, ends alone (its entry is the exception) while the others
+    go on; an interrupt (``KeyboardInterrupt`` and other non-``Exception`` errors) stops them all.
+
+    Args:
+        cfg: the run config; its ``train.seed`` is replaced by each seed in turn.
+        seeds: the seeds to train, e.g. ``[0, 1, 2]``.
+        splits: data already loaded (uint8 tensors, any device); loaded from ``cfg.data`` when ``None``.
+        callbacks: one sequence of callbacks per seed (``None``: none); each seed's callbacks see
+            that seed's config, losses and metrics only. ``epoch_seconds`` and ``images_per_s``
+            are the fused group's: every seed of a group reports the group's epoch time.
+        group_size: seeds per fused group, decided by the caller (the runner, which has already
+            called :func:`core.fused.fuse_group_size`); ``None``: from ``train.fuse_seeds``.
+
+    Returns:
+        One entry per seed, in order: a :class:`FitResult` (``config.train.seed`` = that seed;
+        ``seconds`` = the wall time of its group) or the exception that ended it
+        (:class:`DivergedError`, or what its callback raised).
+
+    Raises:
+        ValueError: ``callbacks`` does not have one entry per seed.
+        core.config.ConfigError: an invalid model setting.
+        core.data.DataError: the data cannot be loaded.
+    """
+    seeds = list(seeds)
+    callbacks = [()] * len(seeds) if callbacks is None else [list(c) for c in callbacks]
+    if len(callbacks) != len(seeds):
+        raise ValueError(f"fit_many: {len(seeds)} seeds but {len(callbacks)} callback lists")
     cfg = resolve_config(cfg)
     device = select_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
+    k, why = fuse_group_size(cfg, len(seeds), device) if group_size is None else (group_size, "given by the caller")
+    k = max(1, min(k, len(seeds)))
+    if len(seeds) > 1:
+        log.info("fit_many: %d seeds, %d per group: %s", len(seeds), k, why)
     data = (splits or load_splits(cfg.data)).to(device)
+    results: list[FitResult | Exception] = []
+    for i in range(0, len(seeds), k):
+        results += _fit_group(cfg, seeds[i : i + k], data, callbacks[i : i + k], device)
+    return results
+
+
+@dataclass
+class _Seed:
+    """The bookkeeping of one seed in a (fused) group."""
+
+    cfg: RunConfig
+    callbacks: list[Callback]
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_acc: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, Tensor] | None = None
+    best_val_loss: float = math.inf
+    stale_epochs: int = 0
+    outcome: Exception | None = None  # why it ended early: DivergedError or a callback's exception
+    done: bool = False  # ended (early stopping, divergence, a callback's exception)
+
+    def call(self, hook: str, *args: Any) -> None:
+        """Run ``hook`` of every callback; an ``Exception`` ends this seed alone."""
+        if self.done:
+            return
+        try:
+            for cb in self.callbacks:
+                getattr(cb, hook)(*args)
+        except Exception as exc:
+            self.outcome, self.done = exc, True
+
+
+def _fit_group(
+    cfg: RunConfig, seeds: list[int], data: Splits, callbacks: list[list[Callback]], device: torch.device
+) -> list[FitResult | Exception]:
+    """The one training loop: ``len(seeds)`` runs of ``cfg`` as one fused model (K = 1: a plain one)."""
+    t0 = time.perf_counter()
+    seed_everything(seeds[0])
+    fmt = memory_format(cfg, device)
+    runs = [
+        _Seed(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s})}), cbs)
+        for s, cbs in zip(seeds, callbacks, strict=True)
+    ]
     # Common random numbers (core.rng): the weights, the data order, each augmentation operation and
-    # each dropout layer draw from their own stream of train.seed, so arms that share the seed share
-    # every draw their configs allow.
-    model = create_model(cfg.model, seed=cfg.train.seed).to(device, memory_format=memory_format(cfg, device))
-    opt = _optimizer(cfg, model)
+    # each dropout layer draw from their own stream of the seed, so arms that share a seed share every
+    # draw their configs allow, and a seed draws the same fused as alone.
+    models = [create_model(cfg.model, seed=s) for s in seeds]
+    template = copy.deepcopy(models[0])  # for the test evaluation of each seed's kept weights
+    reps: Single | Stacked
+    if len(seeds) == 1:
+        reps = Single(models[0].to(device, memory_format=fmt))
+    else:
+        reps = Stacked(models, device)
+    del models
+    opt = _optimizer(cfg, reps.trainable())
     autocast, use_scaler = autocast_context(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     augment = BatchAugment(cfg.augment)
-    fmt = memory_format(cfg, device)
-    order_gen = rng.generator(cfg.train.seed, "order", device)
-    augment_gens = rng.augment_generators(cfg.train.seed, device)
+    order_gens = [rng.generator(s, "order", device) for s in seeds]
+    augment_gens = [rng.augment_generators(s, device) for s in seeds]
 
     n, bs = len(data.train_x), cfg.train.batch_size
     steps = n // bs if n >= bs else 1  # drop the last partial batch: steady shapes, as the seeds' loaders
     if cfg.train.max_steps:
         steps = min(steps, cfg.train.max_steps)
     sched = _Schedule(cfg, opt, steps)
-    for cb in callbacks:
-        cb.on_fit_start(cfg, steps)
+    for run in runs:
+        run.call("on_fit_start", run.cfg, steps)
+    live = _drop_done(reps, opt, runs, list(range(len(runs))))  # replica j trains seed live[j]
 
-    history: list[dict[str, float]] = []
-    best_acc, best_epoch, best_state = -math.inf, 0, None
-    best_val_loss, stale_epochs = math.inf, 0  # early stopping on validation loss (seed 003)
     for epoch in range(1, cfg.train.epochs + 1):
-        # ---- one training epoch ----
-        model.train()
+        if not live:
+            break
+        # ---- one training epoch, all live seeds at once ----
+        reps.train()
         te = time.perf_counter()
-        order = torch.randperm(n, device=device, generator=order_gen)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        k = len(live)
+        order = torch.stack([torch.randperm(n, device=device, generator=order_gens[i]) for i in live])  # (K, n)
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, dtype=torch.long, device=device)
         for step in range(steps):
-            idx = order[step * bs : (step + 1) * bs]
-            xb = augment(data.train_x[idx], augment_gens).contiguous(memory_format=fmt)  # (B, 3, 32, 32) float
-            yb = data.train_y[idx]
+            idx = order[:, step * bs : (step + 1) * bs]  # (K, B)
+            b = idx.shape[1]
+            draws = [augment.draw(b, device, augment_gens[i]) for i in live]  # each seed its own streams
+            u = draws[0] if k == 1 else {op: torch.cat([d[op] for d in draws]) for op in draws[0]}
+            xb = augment.apply(data.train_x[idx.reshape(-1)], u).contiguous(memory_format=fmt)
+            xb = xb.view(k, b, *xb.shape[1:])  # (K, B, 3, H, W) float
+            yb = data.train_y[idx]  # (K, B)
             with autocast:
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+                logits = reps(xb)  # (K, B, C)
+                # (autocast computes cross_entropy in float32)
+                losses = F.cross_entropy(logits.flatten(0, 1), yb.reshape(-1), reduction="none")
+                losses = losses.view(k, b).mean(1)  # (K,) each seed's mean loss
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # The seeds' parameters are disjoint, so the gradient of the sum is each seed's own gradient.
+            scaler.scale(losses.sum()).backward()
             scaler.step(opt)
             scaler.update()
             sched.after_batch()
-            loss_sum += loss.detach() * len(idx)  # stays on the device: no sync per step
-            correct += topk_correct(logits.detach(), yb)
-            for cb in callbacks:
-                cb.on_batch_end(epoch, step, len(idx), loss)
+            loss_sum += losses.detach() * b  # stays on the device: no sync per step
+            correct += per_replica_topk(logits.detach(), yb)
+            for j, i in enumerate(live):
+                runs[i].call("on_batch_end", epoch, step, b, losses[j])
         seen = min(steps * bs, n)
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise DivergedError(epoch, train_loss)
+        train_losses = (loss_sum / seen).tolist()  # the one sync of the epoch
+        train_accs = (correct.double() / seen).tolist()
         lr = opt.param_groups[0]["lr"]  # the lr this epoch ended with
         seconds = time.perf_counter() - te
+        # by seed from here on: dropping replicas renumbers them
+        train_losses = {i: train_losses[j] for j, i in enumerate(live)}
+        train_accs = {i: train_accs[j] for j, i in enumerate(live)}
+        for i in live:
+            if not math.isfinite(train_losses[i]) and not runs[i].done:
+                runs[i].outcome, runs[i].done = DivergedError(epoch, train_losses[i]), True
+        live = _drop_done(reps, opt, runs, live)
+        if not live:
+            break
 
-        # ---- validation, bookkeeping ----
-        val = evaluate(model, data.val_x, data.val_y, cfg) if len(data.val_x) else {"loss": math.nan, "acc": math.nan}
-        metrics = {
-            "train_loss": train_loss,
-            "train_acc": correct.item() / seen,
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
-            "lr": lr,
-            "epoch_seconds": seconds,
-            "images_per_s": seen / seconds,
-        }
-        history.append(metrics)
-        score = val["acc"] if len(data.val_x) else epoch  # no validation set: keep the last epoch
-        if score > best_acc:
-            best_acc, best_epoch = score, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        sched.after_epoch(val["loss"], train_loss)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, metrics)
-        if cfg.train.early_stopping and len(data.val_x):
-            best_val_loss, stale_epochs = (
-                (val["loss"], 0) if val["loss"] < best_val_loss else (best_val_loss, stale_epochs + 1)
+        # ---- validation, bookkeeping, per seed ----
+        has_val = len(data.val_x) > 0
+        nan = {"loss": math.nan, "acc": math.nan}
+        vals = _evaluate_replicas(reps, device, data.val_x, data.val_y, cfg) if has_val else [nan] * len(live)
+        for j, i in enumerate(live):
+            run, val = runs[i], vals[j]
+            metrics = {
+                "train_loss": train_losses[i],
+                "train_acc": train_accs[i],
+                "val_loss": val["loss"],
+                "val_acc": val["acc"],
+                "lr": lr,
+                "epoch_seconds": seconds,
+                "images_per_s": seen / seconds,
+            }
+            run.history.append(metrics)
+            score = val["acc"] if has_val else epoch  # no validation set: keep the last epoch
+            if score > run.best_acc:
+                run.best_acc, run.best_epoch, run.best_state = score, epoch, reps.state_dict(j)
+        # One lr schedule for the group (the config is shared); plateau, which watches a run's own
+        # validation loss, trains alone (core.fused.unfusable_reason).
+        sched.after_epoch(vals[0]["loss"], train_losses[live[0]])
+        for j, i in enumerate(live):
+            run, val = runs[i], vals[j]
+            run.call("on_epoch_end", epoch, run.history[-1])
+            if cfg.train.early_stopping and has_val and not run.done:
+                if val["loss"] < run.best_val_loss:
+                    run.best_val_loss, run.stale_epochs = val["loss"], 0
+                else:
+                    run.stale_epochs += 1
+                run.done = run.stale_epochs >= cfg.train.early_stopping
+        live = _drop_done(reps, opt, runs, live)
+
+    # ---- each seed's kept weights on the test set ----
+    del reps, opt
+    results: list[FitResult | Exception] = []
+    for run in runs:
+        if run.outcome is not None:
+            results.append(run.outcome)
+            continue
+        assert run.best_state is not None, "train.epochs must be at least 1"
+        model = copy.deepcopy(template)
+        model.load_state_dict(run.best_state)
+        model.to(device, memory_format=fmt)
+        test = evaluate(model, data.test_x, data.test_y, cfg, topk=(1, 3), num_classes=cfg.model.num_classes)
+        per_class = per_class_accuracy(test["confusion"]).tolist()
+        results.append(
+            FitResult(
+                config=run.cfg,
+                history=run.history,
+                test={
+                    "test_loss": test["loss"],
+                    "test_acc": test["acc"],
+                    "test_top3": test["top3"],
+                    **{f"test_acc_class_{name}": acc for name, acc in zip(data.classes, per_class, strict=False)},
+                },
+                best_epoch=run.best_epoch,
+                state_dict=run.best_state,
+                device=str(device),
+                seconds=time.perf_counter() - t0,
             )
-            if stale_epochs >= cfg.train.early_stopping:
-                break
+        )
+    return results
 
-    assert best_state is not None, "train.epochs must be at least 1"
-    model.load_state_dict(best_state)
-    test = evaluate(model, data.test_x, data.test_y, cfg, topk=(1, 3), num_classes=cfg.model.num_classes)
-    per_class = per_class_accuracy(test["confusion"]).tolist()
-    return FitResult(
-        config=cfg,
-        history=history,
-        test={
-            "test_loss": test["loss"],
-            "test_acc": test["acc"],
-            "test_top3": test["top3"],
-            **{f"test_acc_class_{name}": acc for name, acc in zip(data.classes, per_class, strict=False)},
-        },
-        best_epoch=best_epoch,
-        state_dict=best_state,
-        device=str(device),
-        seconds=time.perf_counter() - t0,
-    )
+
+def _drop_done(reps: Single | Stacked, opt: torch.optim.Optimizer, runs: list[_Seed], live: list[int]) -> list[int]:
+    """Remove the replicas of ended seeds from the fused model; return the seeds still training."""
+    keep = [j for j, i in enumerate(live) if not runs[i].done]
+    if len(keep) == len(live):
+        return live
+    if keep:
+        reps.keep(keep, opt)
+    return [live[j] for j in keep]

@@ -1,0 +1,269 @@
+"""K runs of one config that differ only in ``train.seed``, trained as one fused model.
+
+On a GPU one small CIFAR model leaves most of the device idle; training the seeds of a study
+arm side by side in one model fills it. HFTA (Wang et al., MLSys 2021, "Horizontally Fused
+Training Array") showed the recipe: K copies of a conv become one grouped conv, K BatchNorms one
+BatchNorm over K times the channels, K linear layers one batched matmul, and per-element
+optimisers (SGD, Adam, AdamW) stay exact per copy.
+
+Design choice: ``torch.func`` instead of hand-written HFTA layers. The K models' parameters and
+buffers are stacked into (K, ...) tensors and the network runs under ``torch.vmap`` over
+``torch.func.functional_call`` (the model-ensembling recipe of the torch.func docs).
+``vmap``'s convolution batching rule (``aten/src/ATen/functorch/BatchRulesConvolution.cpp``)
+turns a conv with batched weights and inputs into exactly HFTA's grouped convolution (groups =
+K), linear layers become batched matmuls, and BatchNorm with batched running statistics
+normalises and updates each seed's statistics separately. So every registered model fuses
+unchanged (the cnn presets, ``resnet18``, ``resnet18_imagenet``), the fused checkpoints are the
+ordinary state dicts sliced out of the stack, and one optimiser over the stacked leaves steps
+all seeds at once (the per-element maths of Adam/AdamW/SGD, weight decay included, is the same
+per seed; in floating point the grouped kernels sum in another order, so fused and separate
+runs agree to rounding, which Adam's normalisation can amplify for gradients near zero).
+
+What cannot fuse, and why (:func:`unfusable_reason`): the ``plateau`` schedule (it cuts the lr
+on each run's own validation loss, and the fused seeds share one lr), ``fp16`` precision (one
+GradScaler would skip the step of every seed when one overflows), and a model whose forward
+``vmap`` cannot batch (probed once per model config on the CPU).
+
+``K = 1`` uses the plain module (:class:`Single`): the ordinary run is the same training loop
+(``core.train``) without ``vmap``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from core.config import RunConfig
+
+__all__ = ["Single", "Stacked", "fuse_group_size", "unfusable_reason"]
+
+MAX_AUTO_K = 16  # auto never fuses more than this (the largest K benchmarks/fused.py measures)
+
+
+class Single:
+    """One plain model behind the replica interface (K = 1).
+
+    Shapes:
+        :meth:`__call__` maps float (1, B, 3, H, W) to logits (1, B, C);
+        :meth:`shared` maps (B, 3, H, W) to (1, B, C).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.k = model, 1
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.model(x[0])[None]
+
+    def shared(self, x: Tensor) -> Tensor:
+        return self.model(x)[None]
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def trainable(self) -> list[Tensor]:
+        """The parameters the optimiser steps (frozen ones, ``model.trainable``, left out)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def state_dict(self, j: int) -> dict[str, Tensor]:
+        """Replica ``j``'s (here: the model's) state dict, copied to the CPU."""
+        assert j == 0
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def keep(self, js: Sequence[int], opt: torch.optim.Optimizer) -> None:
+        """Nothing to drop with one replica: the run ends when it does."""
+
+
+class Stacked:
+    """K models of one architecture as stacked (K, ...) parameters and buffers under ``torch.vmap``.
+
+    Args:
+        models: K networks of the same class and config (their own initial weights), on the CPU.
+        device: where the stacked tensors live.
+
+    Shapes:
+        :meth:`__call__` maps float (K, B, 3, H, W) (each replica its own batch) to logits
+        (K, B, C); :meth:`shared` maps one batch (B, 3, H, W) for all replicas to (K, B, C).
+    """
+
+    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
+        self.k = len(models)
+        self.base = copy.deepcopy(models[0]).to("meta")  # the structure; the tensors come from the stack
+        self.persistent = list(models[0].state_dict().keys())
+        named = [dict(m.named_parameters()) for m in models]
+        bufs = [dict(m.named_buffers()) for m in models]  # non-persistent too (the dropout keys)
+        self.params = {
+            n: torch.stack([d[n].detach() for d in named]).to(device).requires_grad_(p.requires_grad)
+            for n, p in named[0].items()
+        }
+        self.buffers = {n: torch.stack([d[n] for d in bufs]).to(device) for n in bufs[0]}
+        self._each = vmap(self._call, in_dims=(0, 0, 0))
+        self._shared = vmap(self._call, in_dims=(0, 0, None))
+
+    def _call(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._each(self.params, self.buffers, x)
+
+    def shared(self, x: Tensor) -> Tensor:
+        return self._shared(self.params, self.buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        self.base.train(mode)
+
+    def trainable(self) -> list[Tensor]:
+        """The stacked leaves the optimiser steps (frozen parameters left out)."""
+        return [p for p in self.params.values() if p.requires_grad]
+
+    def state_dict(self, j: int) -> dict[str, Tensor]:
+        """Replica ``j``'s ordinary state dict (the model's keys, persistent buffers only), on the CPU."""
+        every = {**self.params, **self.buffers}
+        return {n: every[n][j].detach().cpu().clone() for n in self.persistent}
+
+    @torch.no_grad()
+    def keep(self, js: Sequence[int], opt: torch.optim.Optimizer) -> None:
+        """Keep only replicas ``js`` (in that order), slicing the optimiser's state to match.
+
+        The optimiser object stays (a learning-rate schedule holds it); its parameter leaves and
+        their per-element state (Adam's moments, SGD's momentum) are replaced by their slices, so
+        the kept seeds go on exactly as before.
+        """
+        index = torch.tensor(list(js), device=next(iter(self.params.values())).device)
+        old_to_new: dict[Tensor, Tensor] = {}
+        for n, p in list(self.params.items()):
+            q = p.detach().index_select(0, index).clone().requires_grad_(p.requires_grad)
+            self.params[n] = q
+            old_to_new[p] = q
+        for n, b in list(self.buffers.items()):
+            self.buffers[n] = b.index_select(0, index).clone()
+        for group in opt.param_groups:
+            new = []
+            for p in group["params"]:
+                q = old_to_new[p]
+                state = opt.state.pop(p, None)
+                if state is not None:
+                    opt.state[q] = {
+                        s: v.index_select(0, index).clone() if torch.is_tensor(v) and v.shape == p.shape else v
+                        for s, v in state.items()
+                    }
+                new.append(q)
+            group["params"] = new
+        self.k = len(js)
+
+
+@functools.lru_cache(maxsize=32)
+def _vmap_probe(model_json: str) -> str | None:
+    """None when two replicas of the model run forward and backward under ``vmap``; else the error."""
+    from core.config import ModelConfig
+    from core.models import create_model
+
+    mcfg = ModelConfig.model_validate_json(model_json)
+    try:
+        models = [create_model(mcfg, seed=s) for s in (0, 1)]
+        reps = Stacked(models, torch.device("cpu"))
+        reps.train()
+        size = int(mcfg.input_size or 32)
+        size = 32 if size > 32 else size  # the models resize inside forward
+        out = reps(torch.zeros(2, 2, 3, size, size))
+        out.sum().backward()
+    except Exception as exc:  # any failure means: do not fuse this model
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def unfusable_reason(cfg: RunConfig) -> str | None:
+    """Why seeds of ``cfg`` cannot be trained as one fused model, or ``None`` if they can.
+
+    Args:
+        cfg: a resolved run config (``core.train.resolve_config``).
+    """
+    if cfg.schedule.name == "plateau":
+        return "schedule.name=plateau cuts the lr on each run's own validation loss; fused seeds share one lr"
+    if cfg.train.precision == "fp16":
+        return "train.precision=fp16: one GradScaler would skip every fused seed's step when one overflows"
+    err = _vmap_probe(cfg.model.model_dump_json())
+    if err is not None:
+        return f"model {cfg.model.name} does not run under torch.vmap ({err})"
+    return None
+
+
+def _cuda_replicas(cfg: RunConfig, device: torch.device) -> int:
+    """How many replicas of ``cfg``'s model fit in the free memory of CUDA ``device``.
+
+    Measures one replica's training step (forward and backward of one batch under the run's
+    autocast) with ``torch.cuda.max_memory_allocated``, adds Adam's two moments per trainable
+    parameter, and divides 80% of ``torch.cuda.mem_get_info``'s free bytes by it.
+    """
+    import torch.nn.functional as F
+
+    from core.models import create_model
+    from core.train import autocast_context
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    model = create_model(cfg.model, seed=0).to(device)
+    autocast, _ = autocast_context(cfg, device)
+    x = torch.zeros(cfg.train.batch_size, 3, 32, 32, device=device)
+    with autocast:
+        loss = F.cross_entropy(model(x).float(), torch.zeros(len(x), dtype=torch.long, device=device))
+    loss.backward()
+    peak = torch.cuda.max_memory_allocated(device) - start
+    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    del model, loss, x
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(0.8 * free // max(1, peak + moments)))
+
+
+def fuse_group_size(cfg: RunConfig, n_seeds: int, device: torch.device) -> tuple[int, str]:
+    """How many seeds of ``cfg`` to train as one fused model, and why.
+
+    ``train.fuse_seeds``: ``off`` -> 1; an int K -> min(K, n_seeds); ``auto`` -> on CUDA, as many
+    as fit in free memory (at most :data:`MAX_AUTO_K`), elsewhere 1 (``benchmarks/fused.py`` on
+    this project's CPU found fused no faster than one at a time; see the README). Any setting
+    gives 1 when :func:`unfusable_reason` names a reason.
+
+    Args:
+        cfg: a resolved run config.
+        n_seeds: how many seeds are waiting to train.
+        device: the training device.
+
+    Returns:
+        ``(K, reason)``: 1 <= K <= max(1, n_seeds), and a sentence for the user.
+    """
+    setting = cfg.train.fuse_seeds
+    if n_seeds <= 1:
+        return 1, "one seed to train"
+    if setting == "off":
+        return 1, "train.fuse_seeds=off"
+    if setting == "auto" and device.type != "cuda":
+        return 1, f"train.fuse_seeds=auto trains one seed at a time on {device.type} (not faster fused there)"
+    reason = unfusable_reason(cfg)
+    if reason is not None:
+        return 1, f"seeds train one at a time: {reason}"
+    if setting == "auto":
+        k = min(_cuda_replicas(cfg, device), MAX_AUTO_K, n_seeds)
+        return k, f"train.fuse_seeds=auto: {k} seeds fused (free memory of {device})"
+    k = min(int(setting), n_seeds)
+    return k, f"train.fuse_seeds={setting}: {k} seeds fused"
+
+
+def per_replica_topk(logits: Tensor, targets: Tensor, k: int = 1) -> Tensor:
+    """Per replica, how many samples have their true class among the ``k`` highest logits.
+
+    Args:
+        logits: float (K, B, C).
+        targets: int64 (B,) (shared) or (K, B).
+
+    Returns:
+        int64 (K,) on the logits' device (no host sync).
+    """
+    t = targets if targets.dim() == 2 else targets.expand(logits.shape[0], -1)
+    top = logits.topk(k, dim=-1).indices  # (K, B, k)
+    return (top == t[..., None]).any(-1).sum(-1)
