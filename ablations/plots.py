@@ -160,9 +160,7 @@ def per_class_columns(runs: pd.DataFrame) -> list[str]:
     return [c for c in runs.columns if str(c).startswith(CLASS_PREFIX)]
 
 
-def per_class_difference(
-    runs: pd.DataFrame, baseline: str, title: str = "", order: list[str] | None = None
-) -> Figure:
+def per_class_difference(runs: pd.DataFrame, baseline: str, title: str = "", order: list[str] | None = None) -> Figure:
     """Per-class test accuracy difference of each arm to the baseline arm, with 95% intervals.
 
     The difference of each class is paired by seed when the arms share seeds
@@ -214,4 +212,56 @@ def per_class_difference(
     ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def looks_plot(looks: list[dict], unit: str = "", margin: float | None = None, title: str = "") -> Figure:
+    """How a sequential study's anytime-valid intervals narrowed, look by look.
+
+    Args:
+        looks: ``Report.sequential["looks"]``: per look ``seeds`` (per arm) and ``comparisons``
+            (``effect``, ``estimate``, ``ci_low``, ``ci_high``, ``verdict``), in the report's unit.
+        unit: the difference unit for the y label (``pp`` for accuracies).
+        margin: the equivalence margin, drawn as a band around 0, or None.
+        title: figure title.
+
+    Returns:
+        A matplotlib ``Figure``: one panel per deciding comparison, x = seeds per arm, the estimate with its
+        interval at each look (an unbounded interval drawn to the panel's edge), 0 and the margin marked.
+    """
+    names = list(dict.fromkeys(c["effect"] for look in looks for c in look["comparisons"]))
+    fig = Figure(figsize=(6.4, 2.6 * max(len(names), 1)), layout="constrained")
+    axes = fig.subplots(max(len(names), 1), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names, strict=False):
+        pts = [(look["seeds"], c) for look in looks for c in look["comparisons"] if c["effect"] == name]
+        finite = [
+            v
+            for _, c in pts
+            for v in (c["ci_low"], c["ci_high"], c["estimate"])
+            if v is not None and abs(v) != float("inf")
+        ]
+        span = max((abs(v) for v in finite), default=1.0) * 1.3 or 1.0
+        for n, c in pts:
+            lo = max(c["ci_low"], -span) if c["ci_low"] is not None else -span
+            hi = min(c["ci_high"], span) if c["ci_high"] is not None else span
+            decided = not str(c["verdict"]).startswith(("no detectable", "inconclusive"))
+            ax.errorbar(
+                [n],
+                [c["estimate"]],
+                yerr=[[c["estimate"] - lo], [hi - c["estimate"]]],
+                fmt="o",
+                color="tab:green" if decided else "tab:blue",
+                capsize=4,
+            )
+        ax.axhline(0.0, color="grey", lw=0.8)
+        if margin:
+            ax.axhspan(-margin, margin, color="tab:green", alpha=0.1, label=f"±{margin:g} (equivalence)")
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_ylim(-span, span)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel(f"difference{f' ({unit})' if unit else ''}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("seeds per arm (look)")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

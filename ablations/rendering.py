@@ -21,7 +21,7 @@ import pandas as pd
 from ablations.report import POWER, Report, _du, _scale, load_histories
 from ablations.tracking import Tracker
 
-__all__ = ["FORMATS", "WIDTH", "render", "to_json", "write_plots", "write_report"]
+__all__ = ["FORMATS", "WIDTH", "figures_of", "render", "to_json", "write_plots", "write_report"]
 
 FORMATS = ("table", "csv", "markdown", "latex", "html", "json")
 WIDTH = 100  # the terminal table fits this many columns
@@ -408,6 +408,11 @@ def _html(r: Report) -> str:
         body += [f"<p>{html.escape(_methods(r))}</p>"]
     if not r.claims.empty:
         body += ["<h2>Claims</h2>", d["claims"].to_html(index=False)]
+    if r.sequential is not None and r.sequential.get("looks"):
+        body += ["<h2>Looks</h2>", _looks_table(r).to_html(index=False)]
+    figures = _embedded_figures(r)
+    if figures:
+        body += ["<h2>Figures</h2>", *figures]
     style = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{padding:2px 8px;border:1px solid #ccc}"
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(r.runs.study)}</title>'
@@ -415,7 +420,56 @@ def _html(r: Report) -> str:
     )
 
 
+def _embedded_figures(r: Report) -> list[str]:
+    """The figures as ``<img>`` tags with the PNG inline (base64), so the page is one self-contained file."""
+    import base64
+    import html
+    import io
+
+    try:
+        figures = figures_of(r)
+    except Exception:  # noqa: BLE001 - the store went away: the tables still make a page
+        figures = figures_of(r, histories=False)
+    out = []
+    for name, fig in figures.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        out.append(
+            f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------- plots
+
+
+def figures_of(r: Report, histories: bool = True) -> dict:
+    """The report's figures by name: ``effects``, ``learning_curves`` (needs the MLflow store),
+    ``per_class`` (when the runs log per-class accuracy) and, for a sequential study, ``looks``.
+
+    Args:
+        r: the report.
+        histories: read the runs' metric histories from MLflow for the learning curves.
+
+    Returns:
+        name -> matplotlib ``Figure``.
+    """
+    from ablations import plots
+
+    label = f"{r.runs.metric}{f' ({r.unit})' if r.unit else ''}"
+    title = f"{r.runs.study}: {r.budget}"
+    figures = {"effects": plots.effect_plot(r.arms, r.baseline, label, title)}
+    hist = load_histories(r.runs) if histories and r.runs.tracking_uri else pd.DataFrame()
+    if not hist.empty:
+        figures["learning_curves"] = plots.arm_learning_curves(hist, list(r.arms["arm"]), title)
+    if plots.per_class_columns(r.runs.runs):
+        figures["per_class"] = plots.per_class_difference(r.runs.runs, r.baseline, title, list(r.arms["arm"]))
+    if r.sequential is not None and r.sequential.get("looks"):
+        margin = r.sequential.get("equivalence_margin")
+        figures["looks"] = plots.looks_plot(r.sequential["looks"], r.diff_unit, margin, f"{r.runs.study}: looks")
+    return figures
 
 
 def write_plots(r: Report, folder: Path, log: bool = True) -> list[Path]:
@@ -423,8 +477,10 @@ def write_plots(r: Report, folder: Path, log: bool = True) -> list[Path]:
 
     Figures: ``effects.png`` (arm means with 95% CIs, differences to the
     baseline), ``learning_curves.png`` (mean over seeds with a band, from the
-    runs' metric histories) and, when the runs log ``test_acc_class_<class>``,
-    ``per_class.png``. Logged under ``report/`` of the parent run.
+    runs' metric histories), when the runs log ``test_acc_class_<class>``,
+    ``per_class.png``, and for a sequential study ``looks.png`` (the interval
+    of each deciding comparison narrowing look by look). Logged under
+    ``report/`` of the parent run.
 
     Args:
         r: the report.
@@ -437,18 +493,9 @@ def write_plots(r: Report, folder: Path, log: bool = True) -> list[Path]:
     Raises:
         OSError: the folder or a file cannot be written.
     """
-    from ablations import plots
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    label = f"{r.runs.metric}{f' ({r.unit})' if r.unit else ''}"
-    title = f"{r.runs.study}: {r.budget}"
-    figures = {"effects": plots.effect_plot(r.arms, r.baseline, label, title)}
-    hist = load_histories(r.runs)
-    if not hist.empty:
-        figures["learning_curves"] = plots.arm_learning_curves(hist, list(r.arms["arm"]), title)
-    if plots.per_class_columns(r.runs.runs):
-        figures["per_class"] = plots.per_class_difference(r.runs.runs, r.baseline, title, list(r.arms["arm"]))
+    figures = figures_of(r)
     tracker = Tracker(r.runs.tracking_uri) if log else None
     out = []
     for name, fig in figures.items():

@@ -68,6 +68,26 @@ def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_t
     r = build_report(load_runs("resume"))
     assert r.sequential["stopped"] in ("decided", "max_seeds") and [x["seeds"] for x in r.sequential["looks"]] == [3, 5]
     assert json.loads(render(r, "json"))["sequential"]["looks"][1]["seeds"] == 5
+    page = render(r, "html")  # one self-contained page: the figures inline, the looks plot among them
+    assert "<h2>Looks</h2>" in page and 'alt="looks" src="data:image/png;base64,' in page
+    assert 'alt="effects"' in page and 'alt="learning_curves"' in page
+
+
+def test_the_looks_plot_draws_one_panel_per_deciding_comparison():
+    from ablations.plots import looks_plot
+
+    looks = [
+        {
+            "seeds": n,
+            "comparisons": [
+                {"effect": e, "estimate": 1.0, "ci_low": lo, "ci_high": 2.0, "verdict": v} for e in ("a", "b")
+            ],
+        }
+        for n, lo, v in ((3, float("-inf"), "no detectable difference"), (5, 0.2, "better"))
+    ]
+    fig = looks_plot(looks, "pp", margin=1.0, title="t")
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+    assert all(ax.get_ylim()[0] < 0 < ax.get_ylim()[1] for ax in fig.axes)
 
 
 def _run(tmp_path, study_file, *extra):
