@@ -1,0 +1,80 @@
+"""The error rates of two stopping rules on simulated sequential studies, in one run.
+
+    python benchmarks/sequential_error.py [--studies 4000] [--sd 2.5]
+
+Each simulated study draws per-seed differences from N(effect, sd) and looks after 3, 5, ..., 19, 20 seeds
+per arm (the default `sequential` block: seeds [0, 1, 2], step 2, max_seeds 20). It prints, for a true
+effect of 0, how often each rule ends with a false better/worse, and, for true effects 0, 0.7 and 3 pp, how
+often the interval at the stop covers the truth: (a) ablate's rule, the anytime-valid t confidence sequence
+(`ablations.stats.sequential_from_values`, stopping when better, worse or equivalent within 1 pp), and (b) the
+naive rule, stopping the first time the fixed-n paired t interval excludes 0. The same checks are tests in
+tests/test_sequential_stats.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from scipy import stats as sps  # noqa: E402
+
+from ablations import stats  # noqa: E402
+
+LOOKS = [3, 5, 7, 9, 11, 13, 15, 17, 19, 20]
+
+
+def anytime(d: np.ndarray, alpha: float, margin: float) -> tuple[str, float, float, int]:
+    for n in LOOKS:
+        c = stats.sequential_from_values(d[:n], alpha)
+        v = stats.sequential_verdict(c, True, margin)
+        if v != "no detectable difference":
+            break
+    return v, c.ci_low, c.ci_high, n
+
+
+def naive(d: np.ndarray, alpha: float) -> tuple[str, float, float, int]:
+    for n in LOOKS:
+        x = d[:n]
+        half = sps.t.ppf(1 - alpha / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+        if abs(x.mean()) > half:
+            return ("better" if x.mean() > 0 else "worse"), x.mean() - half, x.mean() + half, n
+    return "no detectable difference", x.mean() - half, x.mean() + half, n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--studies", type=int, default=4000)
+    ap.add_argument("--sd", type=float, default=2.5, help="SD of the per-seed difference, pp")
+    ap.add_argument("--alpha", type=float, default=0.05)
+    args = ap.parse_args()
+    rng = np.random.default_rng(2023)
+    n = args.studies
+    print(
+        f"{n} simulated studies per row, looks at {LOOKS} seeds per arm, per-seed SD {args.sd} pp, alpha {args.alpha}"
+    )
+    for effect in (0.0, 0.7, 3.0):
+        data = rng.normal(effect, args.sd, (n, LOOKS[-1]))
+        for name, rule in (
+            ("a. anytime-valid t-CS", lambda d: anytime(d, args.alpha, 1.0)),
+            ("b. naive fixed-n t   ", lambda d: naive(d, args.alpha)),
+        ):
+            out = [rule(d) for d in data]
+            false = sum(v in ("better", "worse") for v, *_ in out) / n if effect == 0 else math.nan
+            cover = sum(lo <= effect <= hi for _, lo, hi, _ in out) / n
+            seeds = np.mean([k for *_, k in out])
+            se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / n)  # noqa: E731
+            fp = f"false better/worse {false:.4f} ± {se(false):.4f}, " if effect == 0 else ""
+            print(
+                f"effect {effect:3.1f} pp  {name}: {fp}coverage at the stop {cover:.4f} ± {se(cover):.4f}, "
+                f"mean seeds per arm at the stop {seeds:.1f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
