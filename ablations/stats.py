@@ -194,16 +194,25 @@ def contrast(
     Raises:
         KeyError: a weighted arm is missing from ``arms``.
     """
+    used, series, shared, w_ss = _aligned(arms, weights)
+    if shared is not None and len(shared) >= min_pairs:
+        d = sum(w * series[a].loc[shared].to_numpy() for a, w in used.items())
+        return _one_sample(np.asarray(d, dtype=float), level, w_ss)
+    return _independent(series, used, level, w_ss)
+
+
+def _aligned(arms: Mapping[str, pd.Series], weights: Mapping[str, float]):
+    """``(weights != 0, their series without NaN, the seeds all of them share or None, sum of squared weights)``.
+
+    Raises:
+        KeyError: a weighted arm is missing from ``arms``.
+    """
     used = {a: float(w) for a, w in weights.items() if w != 0}
     series = {a: arms[a].astype(float).dropna() for a in used}
     shared = None
     for s in series.values():
         shared = s.index if shared is None else shared.intersection(s.index)
-    w_ss = float(sum(w * w for w in used.values()))
-    if shared is not None and len(shared) >= min_pairs:
-        d = sum(w * series[a].loc[shared].to_numpy() for a, w in used.items())
-        return _one_sample(np.asarray(d, dtype=float), level, w_ss)
-    return _independent(series, used, level, w_ss)
+    return used, series, shared, float(sum(w * w for w in used.values()))
 
 
 def compare(treat: pd.Series, base: pd.Series, level: float = 0.95) -> Contrast:
@@ -550,12 +559,7 @@ def sequential_contrast(
     Raises:
         KeyError: a weighted arm is missing from ``arms``.
     """
-    used = {a: float(w) for a, w in weights.items() if w != 0}
-    series = {a: arms[a].astype(float).dropna() for a in used}
-    shared = None
-    for s in series.values():
-        shared = s.index if shared is None else shared.intersection(s.index)
-    w_ss = float(sum(w * w for w in used.values()))
+    used, series, shared, w_ss = _aligned(arms, weights)
     nan = math.nan
     if shared is None or len(shared) < 2:
         n = 0 if shared is None else len(shared)
