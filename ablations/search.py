@@ -3,8 +3,9 @@
 The cells (factor levels x seeds) are enqueued as trials with fixed params,
 so a worker takes the next one with ``study.ask()``. Running the same study
 again enqueues only cells without a COMPLETE trial: failed, interrupted and
-stale ones (a worker whose heartbeat stopped) are trained again; a finished
-study trains nothing.
+stale ones (a worker whose process on this host is gone, or whose heartbeat
+stopped) are trained again; a finished study trains nothing. Storage calls
+retry while the database is unreachable (``STORAGE_RETRY_S``).
 
 Default storage: ``sqlite:///mlruns/optuna.db`` (``--storage URL`` to override,
 e.g. ``postgresql://...`` for many machines).
