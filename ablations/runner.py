@@ -611,6 +611,16 @@ def _end_quietly(tracker: Tracker, run_id: str, status: str, reason: str) -> Non
         tqdm.write(f"could not mark MLflow run {run_id} {status}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
 
 
+def _diverged(tracker, ostudy, cell: Cell, trial, run_id: str, exc: DivergedError, summary: RunSummary) -> None:
+    """A run whose loss diverged: its MLflow run FAILED with the reason, its trial FAIL; the study goes on."""
+    reason = f"{cell.key}: {exc}"
+    tracker.end(run_id, "FAILED", reason)
+    trial.set_user_attr("failure", reason)
+    ostudy.tell(trial, state=TrialState.FAIL)
+    summary.failed[cell.key] = str(exc)
+    tqdm.write(f"run '{cell.key}' failed: {exc}; the study goes on", file=sys.stderr)
+
+
 def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progress: bool, label: str) -> None:
     study, tracker, ostudy = session.study, session.tracker, session.ostudy
     cfg = study.cell_config(cell)
@@ -622,12 +632,7 @@ def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progres
             result = fit(cfg, splits_for(cfg.data, session.data_cache), callbacks)
             _log_result(tracker, run_id, cell, result)
     except DivergedError as exc:
-        reason = f"{cell.key}: {exc}"
-        tracker.end(run_id, "FAILED", reason)
-        trial.set_user_attr("failure", reason)
-        ostudy.tell(trial, state=TrialState.FAIL)
-        summary.failed[cell.key] = str(exc)
-        tqdm.write(f"run '{cell.key}' failed: {exc}; the study goes on", file=sys.stderr)
+        _diverged(tracker, ostudy, cell, trial, run_id, exc, summary)
         return
     except KeyboardInterrupt:
         _end_quietly(tracker, run_id, "KILLED", "interrupted (Ctrl-C)")
@@ -716,12 +721,7 @@ def _run_group(
     error = None
     for cell, trial, run_id, result in zip(cells, trials, run_ids, results, strict=True):
         if isinstance(result, DivergedError):
-            reason = f"{cell.key}: {result}"
-            tracker.end(run_id, "FAILED", reason)
-            trial.set_user_attr("failure", reason)
-            ostudy.tell(trial, state=TrialState.FAIL)
-            summary.failed[cell.key] = str(result)
-            tqdm.write(f"run '{cell.key}' failed: {result}; the study goes on", file=sys.stderr)
+            _diverged(tracker, ostudy, cell, trial, run_id, result, summary)
             continue
         if isinstance(result, BaseException):  # a callback of this seed raised (e.g. MLflow): as in _run_cell
             _end_quietly(tracker, run_id, "FAILED", "".join(traceback.format_exception(result)))
