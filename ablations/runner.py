@@ -1,7 +1,7 @@
 """Run a study: train every pending cell, one Optuna trial and one MLflow child run each.
 
 Order of events for a cell: the Optuna trial is taken from the queue, an
-MLflow child run is created (the two name each other), ``core.train.fit``
+MLflow child run is created (the two name each other), ``core.train.fit_many``
 trains with per-epoch metrics logged, then test metrics and artifacts are
 logged and only then the trial is told COMPLETE. So a COMPLETE trial always
 has a complete MLflow run; anything interrupted is trained again next time.
@@ -40,7 +40,7 @@ from ablations.study import Cell, Study
 from ablations.tracking import TAG, Tracker, git_commit
 from core.config import DataConfig, RunConfig, config_hash, flatten
 from core.data import Splits, load_splits
-from core.train import Callback, DivergedError, FitResult, fit, fit_many
+from core.train import Callback, DivergedError, FitResult, fit_many
 
 __all__ = [
     "MlflowEpochs",
@@ -299,10 +299,7 @@ class _Session:
                 group = [(cell, trial)]
                 try:
                     group = self._fused_group(cell, trial)  # up to K queued seeds of this arm, or just this one
-                    if len(group) == 1:
-                        _run_cell(self, cell, trial, summary, progress, label)
-                    else:
-                        _run_group(self, group, summary, progress, label)
+                    _run_group(self, group, summary, progress, label)
                 except BaseException:  # e.g. the tracking server went away before the run existed
                     for _, t in group:
                         _fail_if_running(self.ostudy, t)
@@ -621,42 +618,6 @@ def _diverged(tracker, ostudy, cell: Cell, trial, run_id: str, exc: DivergedErro
     tqdm.write(f"run '{cell.key}' failed: {exc}; the study goes on", file=sys.stderr)
 
 
-def _run_cell(session: _Session, cell: Cell, trial, summary: RunSummary, progress: bool, label: str) -> None:
-    study, tracker, ostudy = session.study, session.tracker, session.ostudy
-    cfg = study.cell_config(cell)
-    run_id = _start_cell_run(session, cell, trial, cfg)
-    bar = _Progress(label) if progress else None
-    callbacks = [MlflowEpochs(tracker, run_id)] + ([bar] if bar else [])
-    try:
-        with Heartbeat(session.storage, trial._trial_id):  # Optuna's storage API needs the trial id
-            result = fit(cfg, splits_for(cfg.data, session.data_cache), callbacks)
-            _log_result(tracker, run_id, cell, result)
-    except DivergedError as exc:
-        _diverged(tracker, ostudy, cell, trial, run_id, exc, summary)
-        return
-    except KeyboardInterrupt:
-        _end_quietly(tracker, run_id, "KILLED", "interrupted (Ctrl-C)")
-        ostudy.tell(trial, state=TrialState.FAIL)
-        raise
-    except BaseException:  # the tracking server or the artifact disk may be what failed: tell Optuna anyway
-        _end_quietly(tracker, run_id, "FAILED", traceback.format_exc())
-        ostudy.tell(trial, state=TrialState.FAIL)
-        raise
-    finally:
-        if bar:
-            bar.close()
-    try:
-        tracker.end(run_id)
-    except BaseException:  # not FINISHED in MLflow: the cell is not complete (the next run closes the run)
-        ostudy.tell(trial, state=TrialState.FAIL)
-        raise
-    metric = study.metric.name
-    value = result.value(metric)
-    ostudy.tell(trial, value)
-    summary.trained.append(cell.key)
-    summary.values[cell.key] = value
-
-
 def _start_cell_run(session: _Session, cell: Cell, trial, cfg: RunConfig) -> str:
     """Create the cell's MLflow child run (params, tags) and link it to its trial; return its ID."""
     params = {**flatten(cfg), **{f"factor.{k}": level_label(v) for k, v in cell.levels.items()}}
@@ -682,18 +643,20 @@ def _start_cell_run(session: _Session, cell: Cell, trial, cfg: RunConfig) -> str
 def _run_group(
     session: _Session, group: list[tuple[Cell, Any]], summary: RunSummary, progress: bool, label: str
 ) -> None:
-    """Train the seeds of one arm as one fused model (``core.train.fit_many``), each its own run and trial.
+    """Train one cell, or the seeds of one arm as one fused model (``core.train.fit_many``), each its own run and trial.
 
-    Every seed gets exactly what :func:`_run_cell` gives a cell: its MLflow child run with the same
-    params, tags, per-epoch metrics, final metrics and artifacts, and its Optuna trial told its
-    value. A seed that diverges fails alone; an interrupt or an error marks every run of the group
-    KILLED/FAILED and every trial FAIL, so the next ``ablate run`` queues all the group's seeds again.
+    Every seed gets what a cell trained alone gets (a group of one is the ordinary case): its MLflow
+    child run with the same params, tags, per-epoch metrics, final metrics and artifacts, and its
+    Optuna trial told its value. A seed that diverges fails alone (its run FAILED, its trial FAIL);
+    an interrupt or an error marks every run of the group KILLED/FAILED and every trial FAIL, so the
+    next ``ablate run`` queues all the group's seeds again.
     """
     study, tracker, ostudy = session.study, session.tracker, session.ostudy
     cells, trials = [c for c, _ in group], [t for _, t in group]
     cfg = study.cell_config(cells[0])
     run_ids = [_start_cell_run(session, c, t, study.cell_config(c)) for c, t in group]
-    bar = _Progress(f"{label} (+{len(group) - 1} seeds fused)") if progress else None
+    fused = f" (+{len(group) - 1} seeds fused)" if len(group) > 1 else ""
+    bar = _Progress(label + fused) if progress else None
     callbacks = [[MlflowEpochs(tracker, rid)] + ([bar] if bar and i == 0 else []) for i, rid in enumerate(run_ids)]
     try:
         with ExitStack() as beats:
@@ -723,7 +686,7 @@ def _run_group(
         if isinstance(result, DivergedError):
             _diverged(tracker, ostudy, cell, trial, run_id, result, summary)
             continue
-        if isinstance(result, BaseException):  # a callback of this seed raised (e.g. MLflow): as in _run_cell
+        if isinstance(result, BaseException):  # a callback of this seed raised (e.g. MLflow)
             _end_quietly(tracker, run_id, "FAILED", "".join(traceback.format_exception(result)))
             ostudy.tell(trial, state=TrialState.FAIL)
             error = error or result

@@ -51,21 +51,21 @@ def test_diverging_cells_fail_with_reason_and_the_study_goes_on(env):
 
 
 def test_interrupted_cell_is_killed_and_trained_again(env, monkeypatch):
-    real_fit, calls = runner.fit, []
+    real_fit, calls = runner.fit_many, []
 
-    def fit_then_ctrl_c(cfg, splits, callbacks):
-        calls.append(cfg.train.seed)
+    def fit_then_ctrl_c(cfg, seeds, splits, callbacks, group_size=None):
+        calls.append(seeds)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_fit(cfg, splits, callbacks)
+        return real_fit(cfg, seeds, splits, callbacks, group_size)
 
-    monkeypatch.setattr(runner, "fit", fit_then_ctrl_c)
+    monkeypatch.setattr(runner, "fit_many", fit_then_ctrl_c)
     study = load_study(env)
     with pytest.raises(KeyboardInterrupt):
         runner.run_study(study, progress=False)
     assert len(_runs("FINISHED")) == 1 and len(_runs("KILLED")) == 1
 
-    monkeypatch.setattr(runner, "fit", real_fit)
+    monkeypatch.setattr(runner, "fit_many", real_fit)
     summary = runner.run_study(study, progress=False)
     assert summary.skipped == 1
     assert "augment.std=[0.25, 0.25, 0.25] seed=1" in summary.trained  # the interrupted cell
