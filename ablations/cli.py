@@ -247,7 +247,20 @@ def run(
             err=True,
         )
     if not no_report:
-        _print_report(study.name, tracking_uri, study.profile, "table", None, spec=study)
+        rep = _print_report(study.name, tracking_uri, study.profile, "table", None, spec=study)
+        _publish(rep, study.name, tracking_uri, study.profile)
+
+
+def _publish(rep, name: str, tracking_uri: str | None, profile: str) -> None:
+    """Put the report just printed on the study's parent run, where MLflow's UI shows it (a failure is a warning)."""
+    from ablations.ui import publish_report
+
+    try:
+        parent = publish_report(name, tracking_uri, profile, report=rep)
+    except Exception as exc:  # noqa: BLE001 (the runs and the printed table are what matter)
+        click.echo(f"could not put the report on the parent run: {exc}", err=True)
+        return
+    click.echo(f"the report and its figures are on parent run {parent} (`ablate ui {name}` shows it)")
 
 
 @main.command()
@@ -600,7 +613,8 @@ def _print_report(
     effect: float | None = None,
     plots: Path | None = None,
     spec=None,
-) -> None:
+):
+    """Print (or write to ``output``) the report of study ``name``; return it (an ``ablations.report.Report``)."""
     from ablations.rendering import render, write_plots, write_report
     from ablations.report import ReportError, build_report, load_runs
 
@@ -620,6 +634,7 @@ def _print_report(
             click.echo(f"wrote {path} (logged to parent run {rep.runs.parent_run_id} as report/{path.name})")
         if "per_class.png" not in {p.name for p in paths}:
             click.echo("no per_class.png: the runs have no per-class metrics (test_acc_class_<class>)")
+    return rep
 
 
 @main.command()

@@ -180,7 +180,7 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-def publish_report(study: str, tracking_uri: str | None, profile: str | None = None) -> str | None:
+def publish_report(study: str, tracking_uri: str | None, profile: str | None = None, report=None) -> str | None:
     """Put the report of ``study`` on its parent run, for the UI: a per-arm summary beside the runs.
 
     The parent run's description (``mlflow.note.content``) becomes the study's
@@ -188,6 +188,13 @@ def publish_report(study: str, tracking_uri: str | None, profile: str | None = N
     verdicts, claims); artifacts ``report/report.md``, ``report/arms.json`` (a
     table) and the figures (``report/effects.png``, ``report/learning_curves.png``,
     ``report/per_class.png``).
+
+    Args:
+        study: the study's name.
+        tracking_uri: the MLflow store (``None``: the default).
+        profile: the profile whose parent run gets the report (``None``: the newest).
+        report: an :class:`ablations.report.Report` already built for it (``ablate run`` has
+            one); ``None``: built here from the runs in MLflow.
 
     Returns:
         The parent run's id, or ``None`` when there is nothing to report yet (no
@@ -198,12 +205,13 @@ def publish_report(study: str, tracking_uri: str | None, profile: str | None = N
     from ablations.report import ReportError, build_report, load_runs
     from ablations.search_report import load_search
 
-    try:
-        if load_search(study, tracking_uri, profile) is not None:
+    if report is None:
+        try:
+            if load_search(study, tracking_uri, profile) is not None:
+                return None
+            report = build_report(load_runs(study, tracking_uri, profile))
+        except ReportError:  # no finished runs yet
             return None
-        report = build_report(load_runs(study, tracking_uri, profile))
-    except ReportError:  # no finished runs yet
-        return None
     parent = report.runs.parent_run_id
     tracker = Tracker(tracking_uri)
     markdown = render(report, "markdown")

@@ -87,6 +87,11 @@ def test_run_then_report_then_nothing_to_do(workdir, real_archive):
     parents = [r for r in runs if r.data.tags.get("ablate.role") == "parent"]
     cells = [r for r in runs if r.data.tags.get("ablate.role") == "cell"]
     assert len(parents) == 1 and len(cells) == 6
+    # the report just printed is on the parent run for MLflow's UI: its description and report/ artifacts
+    assert f"on parent run {parents[0].info.run_id}" in out.output
+    assert "| batchnorm" in parents[0].data.tags["mlflow.note.content"]
+    published = {f.path for f in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/report.md", "report/arms.json", "report/effects.png"} <= published
     assert {r.info.run_name for r in cells} == {f"batchnorm={b} seed={s}" for b in ("true", "false") for s in (0, 1, 2)}
     run = next(r for r in cells if r.info.run_name == "batchnorm=false seed=1")
     assert run.info.status == "FINISHED"
