@@ -37,14 +37,20 @@ def ablate(*args, log: Path):
 
 @pytest.mark.e2e
 def test_run_and_a_joining_worker_share_postgres_and_the_tracking_server(tmp_path, real_archive):
+    from ablations.study import load_study, parse_sets
+
+    # The server is shared with other tests (tests/test_slurm.py runs this study too): find this run's
+    # parent by its study key, which the profile and the --set values decide.
+    key = load_study(Path(STUDY), "smoke", parse_sets(SETS[1::2])).key
     stores = ["--storage", POSTGRES, "--tracking-uri", SERVER]
     # Machine 1 starts the study; machine 2 joins once the study's parent run is on the server.
     first = ablate("run", STUDY, "--profile", "smoke", *SETS, "--no-report", *stores, log=tmp_path / "run.log")
     client = MlflowClient(SERVER)
+    mine = f"tags.`ablate.role` = 'parent' and tags.`ablate.study_key` = '{key}'"
     deadline = time.monotonic() + 180
     while True:
         exp = client.get_experiment_by_name("batchnorm")
-        parents = client.search_runs([exp.experiment_id], "tags.`ablate.role` = 'parent'") if exp else []
+        parents = client.search_runs([exp.experiment_id], mine) if exp else []
         if parents:
             break
         if first.poll() is not None or time.monotonic() > deadline:
@@ -55,8 +61,7 @@ def test_run_and_a_joining_worker_share_postgres_and_the_tracking_server(tmp_pat
     assert first.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()
     assert second.wait(timeout=600) == 0, (tmp_path / "worker.log").read_text()
 
-    study_key = parents[0].data.tags["ablate.study_key"]
-    trials = optuna.load_study(study_name=study_key, storage=POSTGRES).get_trials()
+    trials = optuna.load_study(study_name=key, storage=POSTGRES).get_trials()
     complete = [t.user_attrs["cell"] for t in trials if t.state.name == "COMPLETE"]
     assert sorted(complete) == sorted(CELLS)  # every cell exactly once
     assert len({t.user_attrs["worker"] for t in trials if t.state.name == "COMPLETE"}) == 2  # both machines worked
@@ -67,4 +72,4 @@ def test_run_and_a_joining_worker_share_postgres_and_the_tracking_server(tmp_pat
     for run in cells:  # metrics and artifacts reached the server
         assert "test_acc" in run.data.metrics
         assert {"checkpoint", "learning_curves.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert len([r for r in runs if r.data.tags.get("ablate.role") == "parent"]) == 1
+    assert len(client.search_runs([exp.experiment_id], mine)) == 1  # one parent run for the study
