@@ -80,7 +80,9 @@ class ResNet18(FrozenNormEval, ResNet):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.avgpool(x), 1)
+        # The global average pool as a mean over H and W: what self.avgpool (AdaptiveAvgPool2d(1)) computes,
+        # but with a vmap batching rule, so the fused model (core.fused) does not loop over its K replicas.
+        x = x.mean(dim=(-2, -1))
         return self.fc(self.dropout(x))
 
 
