@@ -120,6 +120,21 @@ def test_dropout_masks_equal_across_arms_where_shapes_agree():
     assert torch.equal(d_fc(x), x)
 
 
+def test_dropout_counter_does_not_recompile_under_torch_compile():
+    """The mask counter is a buffer, not a Python int: dynamo traces it as data (train.compile=on)."""
+    compiled, eager = SeededDropout(0.5), SeededDropout(0.5)
+    for d in (compiled, eager):
+        d.reseed(7)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    step = torch.compile(compiled, backend="eager")  # dynamo's capture and guards, without inductor's code
+    x = torch.ones(4, 64)
+    for _ in range(5):
+        assert torch.equal(step(x), eager(x))  # the same mask sequence as the eager module
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert int(compiled.crn_calls) == 5 and "crn_calls" not in compiled.state_dict()  # checkpoints unchanged
+
+
 def test_dropout2d_drops_whole_channels():
     model = create_model(ModelConfig(name="cnn4", dropout="conv", dropout_p=0.5), seed=0)
     d = next(m for m in model.modules() if isinstance(m, SeededDropout2d))

@@ -51,31 +51,28 @@ def _hash32(x: Tensor) -> Tensor:
     return (x >> 16) ^ x
 
 
-def _hash32_int(x: int) -> int:
-    """:func:`_hash32` of one Python int (same values)."""
-    x &= _M32
-    x = ((x >> 16) ^ x) * _MUL & _M32
-    x = ((x >> 16) ^ x) * _MUL & _M32
-    return (x >> 16) ^ x
-
-
 class _SeededMask:
-    """Shared machinery of the seeded dropouts: the key buffer and the forward counter."""
+    """Shared machinery of the seeded dropouts: the key buffer and the forward counter.
+
+    Both are int64 scalar buffers, not Python numbers: under ``torch.vmap`` each replica of a fused
+    group keeps its own, and ``torch.compile`` traces the count as data instead of recompiling the
+    graph for every new value of it.
+    """
 
     crn_key: Tensor
-    calls: int
+    crn_calls: Tensor
 
     def _init_key(self) -> None:
         # Until init_weights reseeds it: a key from torch's global generator (seed_everything), so an
         # unseeded model still drops different units in different runs.
         key = torch.randint(0, 2**32, (), dtype=torch.int64)
         self.register_buffer("crn_key", key, persistent=False)  # not in state_dict: checkpoints unchanged
-        self.calls = 0
+        self.register_buffer("crn_calls", torch.zeros((), dtype=torch.int64), persistent=False)
 
     def reseed(self, key: int) -> None:
         """Restart the mask stream at 32-bit ``key`` (``init_weights`` gives ``(seed, name)``'s)."""
         self.crn_key.fill_(key & _M32)
-        self.calls = 0
+        self.crn_calls.zero_()
 
     def _keep(self, shape: tuple[int, ...], p: float, device: torch.device) -> Tensor:
         """Bool mask of ``shape``: True with probability 1 - p, from (key, call count, position).
@@ -86,7 +83,8 @@ class _SeededMask:
         fused group (its own key) draws its own mask.
         """
         n = math.prod(shape)
-        step = _hash32_int(self.calls * 0x9E3779B9 + 0x7F4A7C15)
+        # int64 products wrap modulo 2**64, which keeps the low 32 bits the mask below is made of.
+        step = _hash32((self.crn_calls.to(device) * 0x9E3779B9 + 0x7F4A7C15) & _M32)
         base = _hash32(self.crn_key.to(device) ^ step)
         idx = torch.arange(n, device=device, dtype=torch.int64).view(shape)
         h = _hash32(_hash32(idx ^ base) ^ self.crn_key.to(device))
@@ -113,7 +111,7 @@ class SeededDropout(_SeededMask, nn.Dropout):
         if not self.training or self.p == 0:
             return x
         keep = self._keep(tuple(x.shape), self.p, x.device)
-        self.calls += 1
+        self.crn_calls += 1
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
 
@@ -133,7 +131,7 @@ class SeededDropout2d(_SeededMask, nn.Dropout2d):
         if not self.training or self.p == 0:
             return x
         keep = self._keep((*x.shape[:2], 1, 1), self.p, x.device)
-        self.calls += 1
+        self.crn_calls += 1
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
 
