@@ -6,6 +6,11 @@ the ordinary plain-model run) for ``--warmup`` + ``--steps`` optimiser steps and
 after the warm-up. Sequential training of K seeds runs at the K = 1 rate whatever K is, so the
 ratio column is the fused rate over the K = 1 rate: above 1 fusing pays.
 
+``--compile both`` also times each K with ``train.compile=on`` (``torch.compile`` of the forward,
+fused or not); the ratio stays against eager K = 1, the old way. ``warm-up s`` is the wall time
+from the start of the fit to the end of the warm-up steps: model set-up plus, compiled, the
+compilation, which a run pays once.
+
 Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` during the fused run; on the CPU
 (no allocator statistics) an estimate of one training step's tensors: parameters, gradients, Adam's
 two moments and the activations autograd saves for the backward pass (counted once per storage
@@ -15,7 +20,7 @@ The images are random uint8 tensors: speed does not depend on what they show, an
 needs no data set. Usage::
 
     python benchmarks/fused.py [--device auto] [--models cnn4,resnet18] [--ks 1,2,4,8,16]
-                               [--steps N] [--warmup N] [--batch B]
+                               [--steps N] [--warmup N] [--batch B] [--compile off|on|both]
 
 Defaults: batch 128, 10 timed steps after 2 warm-up steps on CUDA; batch 32, 2 steps after 1 on
 the CPU, so that the whole table takes a few minutes there.
@@ -47,12 +52,16 @@ class _Clock(Callback):
 
     def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
         self.warmup, self.steps, self.device = warmup, steps, device
-        self.t0 = self.seconds = None
+        self.t0 = self.seconds = self.start = self.warmup_seconds = None
+
+    def on_fit_start(self, cfg: RunConfig, steps_per_epoch: int) -> None:
+        self.start = time.perf_counter()
 
     def on_batch_end(self, epoch: int, step: int, images: int, loss) -> None:
         if step + 1 == self.warmup:
             _sync(self.device)
             self.t0 = time.perf_counter()
+            self.warmup_seconds = self.t0 - self.start
         elif step + 1 == self.warmup + self.steps:
             _sync(self.device)
             self.seconds = time.perf_counter() - self.t0
@@ -91,9 +100,19 @@ def _cpu_memory_estimate(cfg: RunConfig, k: int, batch: int) -> float:
     return (4 * param_bytes + sum(seen.values())) / 2**20
 
 
-def measure(cfg: RunConfig, k: int, warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
-    """(images/s over all K seeds, memory in MiB) of K fused seeds of ``cfg``."""
-    run = apply_overrides(cfg, {"train.fuse_seeds": k, "train.epochs": 1, "train.max_steps": warmup + steps})
+def measure(
+    cfg: RunConfig, k: int, warmup: int, steps: int, device: torch.device, compiled: bool = False
+) -> tuple[float, float, float]:
+    """(images/s over all K seeds, memory in MiB, warm-up seconds) of K fused seeds of ``cfg``."""
+    run = apply_overrides(
+        cfg,
+        {
+            "train.fuse_seeds": k,
+            "train.epochs": 1,
+            "train.max_steps": warmup + steps,
+            "train.compile": "on" if compiled else "off",
+        },
+    )
     splits = _splits(cfg.train.batch_size * (warmup + steps))
     clock = _Clock(warmup, steps, device)
     if device.type == "cuda":
@@ -106,7 +125,7 @@ def measure(cfg: RunConfig, k: int, warmup: int, steps: int, device: torch.devic
         mem = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         mem = _cpu_memory_estimate(resolve_config(run), k, cfg.train.batch_size)
-    return rate, mem
+    return rate, mem, clock.warmup_seconds
 
 
 def main() -> None:
@@ -117,6 +136,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 on CUDA, 2 elsewhere)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 2 on CUDA, 1 elsewhere)")
     parser.add_argument("--batch", type=int, default=None, help="batch per seed (default: 128 on CUDA, 32 elsewhere)")
+    parser.add_argument(
+        "--compile", choices=("off", "on", "both"), default="off", help="train.compile for the rows (both: each K twice)"
+    )
     args = parser.parse_args()
 
     device = select_device(args.device)
@@ -130,22 +152,28 @@ def main() -> None:
     print(f"device {device} ({name}), torch {torch.__version__}{cuda}")
     print(f"batch {batch} per seed, {steps} timed steps after {warmup} warm-up, default precision and memory format")
     mem_label = "GPU MiB (peak)" if on_gpu else "MiB (estimate)"
-    print(f"{'model':10s} {'K':>3s} {'images/s':>10s} {'per seed':>9s} {mem_label:>15s} {'vs sequential':>14s}")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    print(
+        f"{'model':10s} {'K':>3s} {'compile':>7s} {'images/s':>10s} {'per seed':>9s} {mem_label:>15s} "
+        f"{'warm-up s':>9s} {'vs sequential':>14s}"
+    )
     for model in args.models.split(","):
         cfg = apply_overrides(
             RunConfig(), {"model.name": model, "train.device": str(device), "train.batch_size": batch}
         )
-        single = None
-        for k in ks:
-            try:
-                rate, mem = measure(copy.deepcopy(cfg), k, warmup, steps, device)
-            except torch.OutOfMemoryError:
-                print(f"{model:10s} {k:3d} {'out of memory':>10s}")
-                break
-            if k == 1:
-                single = rate
-            ratio = f"{rate / single:13.2f}x" if single else f"{'(no K=1)':>14s}"
-            print(f"{model:10s} {k:3d} {rate:10.0f} {rate / k:9.0f} {mem:15.0f} {ratio}")
+        single = None  # eager K = 1: one seed at a time, the old way
+        for compiled in modes:
+            for k in ks:
+                try:
+                    rate, mem, warm = measure(copy.deepcopy(cfg), k, warmup, steps, device, compiled)
+                except torch.OutOfMemoryError:
+                    print(f"{model:10s} {k:3d} {'out of memory':>10s}")
+                    break
+                if k == 1 and not compiled:
+                    single = rate
+                ratio = f"{rate / single:13.2f}x" if single else f"{'(no eager K=1)':>14s}"
+                flag = "on" if compiled else "off"
+                print(f"{model:10s} {k:3d} {flag:>7s} {rate:10.0f} {rate / k:9.0f} {mem:15.0f} {warm:9.1f} {ratio}")
 
 
 if __name__ == "__main__":

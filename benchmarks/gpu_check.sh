@@ -4,9 +4,11 @@
 # On a machine with CUDA:
 #   1. the whole test suite, tests marked `cuda` included;
 #   2. benchmarks/throughput.py --device cuda (needs ABLATE_DATA);
-#   3. benchmarks/fused.py --device cuda (K = 1, 2, 4, 8, 16 for cnn4 and resnet18);
+#   3. benchmarks/fused.py --device cuda --compile both (K = 1, 2, 4, 8, 16 for cnn4 and resnet18,
+#      eager and torch.compile'd: the measurement that decides train.compile's default on CUDA);
 #   4. the smoke and the quick profile of studies/batchnorm.yaml on CUDA (needs ABLATE_DATA), in
-#      throw-away MLflow and Optuna stores, with their wall times.
+#      throw-away MLflow and Optuna stores, with their wall times; with GPU_CHECK_FULL=1 also the
+#      full profile (6 runs of 60 epochs on all 45,000 training images: the 10-minute target).
 # On a CPU-only machine it runs as far as it can in a few minutes: the `cuda` tests (they skip),
 # throughput.py with a few steps on the CPU, fused.py for K = 1, 2 on the CPU, and skips the studies
 # with a message. Every step's output goes to a log file named in the summary.
@@ -63,14 +65,16 @@ else
 fi
 
 if [ "$DEVICE" = cuda ]; then
-    run_step fused "$PY" benchmarks/fused.py --device cuda
+    run_step fused "$PY" benchmarks/fused.py --device cuda --compile both
 else
     run_step fused-cpu "$PY" benchmarks/fused.py --device cpu --ks 1,2 --steps 2 --warmup 1 --batch 32
 fi
 
 if [ "$DEVICE" = cuda ] && [ -n "${ABLATE_DATA:-}" ]; then
     STORES=$(mktemp -d -t ablate-gpu-check-stores.XXXXXX)
-    for profile in smoke quick; do
+    PROFILES="smoke quick"
+    [ "${GPU_CHECK_FULL:-0}" = 1 ] && PROFILES="smoke quick full"
+    for profile in $PROFILES; do
         run_step "batchnorm-$profile" "$ABLATE" run studies/batchnorm.yaml --profile "$profile" \
             --set train.device=cuda --tracking-uri "sqlite:///$STORES/mlflow.db" --storage "sqlite:///$STORES/optuna.db"
     done

@@ -146,6 +146,10 @@ class TrainConfig(_Section):
     # K, or "auto" (on CUDA as many as fit in free memory, up to 16; one at a time on the CPU, where
     # benchmarks/fused.py measured no gain). Results are the same as one at a time (to rounding).
     fuse_seeds: Literal["auto", "off"] | int = "auto"
+    # torch.compile the forward pass (the fused one too: vmap over functional_call compiles as one
+    # graph). Off by default: on this project's 2-core CPU it was slower once compile time is counted
+    # (benchmarks/fused.py --compile both), and no GPU has measured it yet (make gpu-check does).
+    compile: Literal["off", "on"] = "off"
 
     @field_validator("fuse_seeds")
     @classmethod
@@ -232,6 +236,7 @@ _NOT_HASHED = (
     "train.device",
     "train.eval_batch_size",
     "train.fuse_seeds",  # fused or one at a time, the runs are the same (core.fused)
+    "train.compile",  # compiled or eager, the same computation (to rounding)
 )
 
 

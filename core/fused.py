@@ -48,19 +48,25 @@ MAX_AUTO_K = 16  # auto never fuses more than this (the largest K benchmarks/fus
 class Single:
     """One plain model behind the replica interface (K = 1).
 
+    Args:
+        model: the network, on its training device.
+        compiled: run the forward pass through ``torch.compile`` (``train.compile=on``); the
+            weights stay the module's own, so :meth:`state_dict` has the ordinary keys.
+
     Shapes:
         :meth:`__call__` maps float (1, B, 3, H, W) to logits (1, B, C);
         :meth:`shared` maps (B, 3, H, W) to (1, B, C).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, compiled: bool = False) -> None:
         self.model, self.k = model, 1
+        self._forward = torch.compile(model) if compiled else model
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.model(x[0])[None]
+        return self._forward(x[0])[None]
 
     def shared(self, x: Tensor) -> Tensor:
-        return self.model(x)[None]
+        return self._forward(x)[None]
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -84,13 +90,14 @@ class Stacked:
     Args:
         models: K networks of the same class and config (their own initial weights), on the CPU.
         device: where the stacked tensors live.
+        compiled: run the vmapped forward through ``torch.compile`` (``train.compile=on``).
 
     Shapes:
         :meth:`__call__` maps float (K, B, 3, H, W) (each replica its own batch) to logits
         (K, B, C); :meth:`shared` maps one batch (B, 3, H, W) for all replicas to (K, B, C).
     """
 
-    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
+    def __init__(self, models: Sequence[nn.Module], device: torch.device, compiled: bool = False) -> None:
         self.k = len(models)
         self.base = copy.deepcopy(models[0]).to("meta")  # the structure; the tensors come from the stack
         self.persistent = list(models[0].state_dict().keys())
@@ -103,6 +110,8 @@ class Stacked:
         self.buffers = {n: torch.stack([d[n] for d in bufs]).to(device) for n in bufs[0]}
         self._each = vmap(self._call, in_dims=(0, 0, 0))
         self._shared = vmap(self._call, in_dims=(0, 0, None))
+        if compiled:
+            self._each, self._shared = torch.compile(self._each), torch.compile(self._shared)
 
     def _call(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(self.base, (params, buffers), (x,))

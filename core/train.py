@@ -405,10 +405,11 @@ def _fit_group(
     models = [create_model(cfg.model, seed=s) for s in seeds]
     template = copy.deepcopy(models[0])  # for the test evaluation of each seed's kept weights
     reps: Single | Stacked
+    compiled = cfg.train.compile == "on"
     if len(seeds) == 1:
-        reps = Single(models[0].to(device, memory_format=fmt))
+        reps = Single(models[0].to(device, memory_format=fmt), compiled)
     else:
-        reps = Stacked(models, device)
+        reps = Stacked(models, device, compiled)
     del models
     opt = _optimizer(cfg, reps.trainable())
     autocast, use_scaler = autocast_context(cfg, device)

@@ -258,3 +258,37 @@ def test_auto_fuses_on_cuda_and_bf16_runs():
     assert k > 1, why
     results = fit_many(cfg, list(range(k)), tiny_splits())
     assert all(isinstance(r, FitResult) and math.isfinite(r.test["test_loss"]) for r in results)
+
+
+def test_compiled_fused_forward_gives_the_eager_results(float64):
+    """train.compile=on (torch.compile of the vmapped forward) changes the speed, not the runs.
+
+    The fused pair is the case with something to break (dynamo tracing vmap over functional_call).
+    cnn3 without dropout keeps the compile time of the test short (inductor's code for dropout's
+    mask hash adds about two minutes on 2 CPU cores); tests/test_crn.py checks that dropout's
+    counter does not make the graph recompile.
+    """
+    splits = tiny_splits(n_train=32, n_val=8, n_test=8)
+    cfg = _cfg(
+        **{"model.name": "cnn3", "model.dropout": "none", "optim.name": "sgd", "optim.lr": 0.02}
+    )
+    eager = fit_many(cfg, [0, 1], splits)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = fit_many(apply_overrides(cfg, {"train.compile": "on"}), [0, 1], splits)
+    for c, e in zip(compiled, eager, strict=True):
+        _assert_same(c, e, *TOL)
+    # 4 training steps, 2 validations: one graph for training and one for evaluation, not one per step
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert 1 <= graphs <= 2, dict(torch._dynamo.utils.counters["stats"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_fused_on_cuda_matches_eager_in_bf16():
+    splits = tiny_splits(n_train=256, n_val=64, n_test=64)
+    cfg = _cfg(**{"train.device": "cuda", "train.batch_size": 64, "optim.name": "sgd", "optim.lr": 0.02})
+    eager = fit_many(cfg, [0, 1, 2, 3], splits)
+    compiled = fit_many(apply_overrides(cfg, {"train.compile": "on"}), [0, 1, 2, 3], splits)
+    for c, e in zip(compiled, eager, strict=True):
+        assert c.history[-1]["train_loss"] == pytest.approx(e.history[-1]["train_loss"], rel=2e-2)
