@@ -147,8 +147,8 @@ class TrainConfig(_Section):
     # benchmarks/fused.py measured no gain). Results are the same as one at a time (to rounding).
     fuse_seeds: Literal["auto", "off"] | int = "auto"
     # torch.compile the forward pass (the fused one too: vmap over functional_call compiles as one
-    # graph). Off by default: on this project's 2-core CPU it was slower once compile time is counted
-    # (benchmarks/fused.py --compile both), and no GPU has measured it yet (make gpu-check does).
+    # graph). Off by default: on this project's 2-core CPU, cnn4 stepped 1.03x faster compiled but
+    # took 109 s to compile (benchmarks/fused.py --compile both); no GPU has measured it yet (make gpu-check does).
     compile: Literal["off", "on"] = "off"
 
     @field_validator("fuse_seeds")
