@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 2 on CUDA, 1 elsewhere)")
     parser.add_argument("--batch", type=int, default=None, help="batch per seed (default: 128 on CUDA, 32 elsewhere)")
     parser.add_argument(
-        "--compile", choices=("off", "on", "both"), default="off", help="train.compile for the rows (both: each K twice)"
+        "--compile", choices=("off", "on", "both"), default="off", help="train.compile of the rows (both: each K twice)"
     )
     args = parser.parse_args()
 

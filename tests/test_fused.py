@@ -269,9 +269,7 @@ def test_compiled_fused_forward_gives_the_eager_results(float64):
     counter does not make the graph recompile.
     """
     splits = tiny_splits(n_train=32, n_val=8, n_test=8)
-    cfg = _cfg(
-        **{"model.name": "cnn3", "model.dropout": "none", "optim.name": "sgd", "optim.lr": 0.02}
-    )
+    cfg = _cfg(**{"model.name": "cnn3", "model.dropout": "none", "optim.name": "sgd", "optim.lr": 0.02})
     eager = fit_many(cfg, [0, 1], splits)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

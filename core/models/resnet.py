@@ -7,7 +7,6 @@ with the same parameter names, so torchvision's ImageNet state dict
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
