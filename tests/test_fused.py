@@ -289,4 +289,4 @@ def test_compiled_fused_on_cuda_matches_eager_in_bf16():
     eager = fit_many(cfg, [0, 1, 2, 3], splits)
     compiled = fit_many(apply_overrides(cfg, {"train.compile": "on"}), [0, 1, 2, 3], splits)
     for c, e in zip(compiled, eager, strict=True):
-        assert c.history[-1]["train_loss"] == pytest.approx(e.history[-1]["train_loss"], rel=2e-2)
+        assert c.history[-1]["train_loss"] == pytest.approx(e.history[-1]["train_loss"], rel=5e-2)  # bf16
