@@ -30,13 +30,16 @@ GradScaler would skip the step of every seed when one overflows), and a model wh
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.overrides import TorchFunctionMode
 
 from core.config import RunConfig
 
@@ -84,6 +87,52 @@ class Single:
         """Nothing to drop with one replica: the run ends when it does."""
 
 
+class _AutocastUnderVmap(TorchFunctionMode):
+    """What ``torch.autocast`` does to the registered models' ops, done before ``vmap`` sees them.
+
+    ``torch.autocast`` works in the dispatcher, below ``vmap``'s batching rules: under ``vmap`` a
+    conv or linear with batched weights leaves autocast out and runs in float32 (measured with
+    torch 2.14 on the CPU: ``vmap`` over ``functional_call`` of ``nn.Linear`` or ``nn.Conv2d``
+    inside ``torch.autocast("cpu", torch.bfloat16)`` returns float32 where the plain module returns
+    bfloat16; pytorch/functorch#305 and pytorch/pytorch#105442 report such mismatches). A
+    torch-function mode runs in Python before the dispatcher, so the fused model gets the plain
+    model's dtypes:
+
+    - convolutions, linear layers and matmuls (autocast's lower-precision list) take their float
+      inputs, weights and biases cast to ``dtype``;
+    - ``batch_norm`` of a ``dtype`` input computes in float32 and returns ``dtype``, as the plain
+      model's mixed kernel does (bf16 input, float32 statistics); ``vmap``'s batching rule for
+      ``batch_norm`` refuses that mix of dtypes, so the input is cast up first.
+
+    Everything else (ReLU, pooling, dropout, the residual adds) follows its inputs' dtype in both.
+    """
+
+    LOW = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear, torch.matmul})
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def _low(self, a):
+        return a.to(self.dtype) if isinstance(a, Tensor) and a.is_floating_point() else a
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.LOW:
+            return func(*map(self._low, args), **{k: self._low(v) for k, v in kwargs.items()})
+        if func is F.batch_norm and args and args[0].dtype == self.dtype:
+            return func(args[0].float(), *args[1:], **kwargs).to(self.dtype)
+        return func(*args, **kwargs)
+
+
+def _autocast_ops(x: Tensor):
+    """:class:`_AutocastUnderVmap` for autocast's dtype when autocast is on for ``x``'s device, else nothing."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return _AutocastUnderVmap(torch.get_autocast_dtype(kind))
+    return contextlib.nullcontext()
+
+
 class Stacked:
     """K models of one architecture as stacked (K, ...) parameters and buffers under ``torch.vmap``.
 
@@ -117,10 +166,12 @@ class Stacked:
         return functional_call(self.base, (params, buffers), (x,))
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self._each(self.params, self.buffers, x)
+        with _autocast_ops(x):
+            return self._each(self.params, self.buffers, x)
 
     def shared(self, x: Tensor) -> Tensor:
-        return self._shared(self.params, self.buffers, x)
+        with _autocast_ops(x):
+            return self._shared(self.params, self.buffers, x)
 
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
