@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision: pip takes the versions this machine holds; elsewhere pip picks a build for your platform.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint run report ui bench gpu-check clean
+.PHONY: install test lint run report ui bench gpu-check gpu-bundle clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 # The CUDA path end to end on a GPU machine (tests incl. `cuda`, benchmarks, batchnorm studies); on a CPU as far as it can.
 gpu-check: $(STAMP)
 	PY=$(BIN)/python ABLATE=$(BIN)/ablate benchmarks/gpu_check.sh
+
+# What a lent, offline GPU machine needs (wheels for its Python, the archive) in .gpu/: see benchmarks/gpu_device.sh.
+gpu-bundle: $(STAMP)
+	PIP=$(BIN)/pip benchmarks/gpu_bundle.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
 # `make gpu-check`: everything that checks the CUDA path, then one summary.
 #
-# On a machine with CUDA:
-#   1. the whole test suite, tests marked `cuda` included;
-#   2. benchmarks/throughput.py --device cuda (needs ABLATE_DATA);
-#   3. benchmarks/fused.py --device cuda --compile both (K = 1, 2, 4, 8, 16 for cnn4 and resnet18,
-#      eager and torch.compile'd: the measurement that decides train.compile's default on CUDA);
-#   4. the smoke and the quick profile of studies/batchnorm.yaml on CUDA (needs ABLATE_DATA), in
-#      throw-away MLflow and Optuna stores, with their wall times; with GPU_CHECK_FULL=1 also the
-#      full profile (6 runs of 60 epochs on all 45,000 training images: the issue's 10-minute target).
+# On a machine with CUDA, each a step of GPU_CHECK_STEPS (default: all but full):
+#   tests          tests/test_fused.py (it holds every test marked `cuda`) and tests/test_crn.py, on
+#                  the machine's own torch (GPU_CHECK_TESTS overrides the pytest arguments; the
+#                  whole suite is CI's, on the CPU: 30 min on a slow host);
+#   throughput     benchmarks/throughput.py --device cuda (needs ABLATE_DATA);
+#   fused          benchmarks/fused.py --device cuda: K = 1, 2, 4, 8, 16 for cnn4 and resnet18, eager;
+#   fused-compile  benchmarks/fused.py --compile both for cnn4 at K = 1 and 8 (GPU_CHECK_COMPILE
+#                  overrides its arguments): whether torch.compile pays, which decides train.compile;
+#   smoke, quick   those profiles of studies/batchnorm.yaml on CUDA (needs ABLATE_DATA), in
+#                  throw-away MLflow and Optuna stores, with their wall times;
+#   full           the full profile (6 runs of 60 epochs on all 45,000 training images: the issue's
+#                  10-minute target); also with GPU_CHECK_FULL=1.
 # On a CPU-only machine it runs as far as it can in a few minutes: the `cuda` tests (they skip),
 # throughput.py with a few steps on the CPU, fused.py for K = 1, 2 on the CPU, and skips the studies
 # with a message. Every step's output goes to a log file named in the summary.
 #
-# Environment: PY (default .venv/bin/python), ABLATE (default .venv/bin/ablate), ABLATE_DATA.
+# Environment: PY (default .venv/bin/python), ABLATE (default .venv/bin/ablate), ABLATE_DATA,
+# GPU_CHECK_STEPS, GPU_CHECK_FULL, GPU_CHECK_TESTS, GPU_CHECK_COMPILE, GPU_CHECK_LOGS (the folder
+# for the logs and summary.txt; default a new temporary one).
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 ABLATE=${ABLATE:-.venv/bin/ablate}
-LOGS=$(mktemp -d -t ablate-gpu-check.XXXXXX)
+LOGS=${GPU_CHECK_LOGS:-$(mktemp -d -t ablate-gpu-check.XXXXXX)}
+mkdir -p "$LOGS"
+STEPS=${GPU_CHECK_STEPS:-tests throughput fused fused-compile smoke quick}
+[ "${GPU_CHECK_FULL:-0}" = 1 ] && STEPS="$STEPS full"
 SUMMARY=()
+
+wanted() {  # wanted STEP: is STEP in GPU_CHECK_STEPS?
+    case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac
+}
 
 run_step() {  # run_step NAME COMMAND...: run it, log it, note its status and wall time
     local name=$1
@@ -48,47 +61,56 @@ fi
 echo "gpu-check on: $DEVICE_LINE"
 
 if [ "$DEVICE" = cuda ]; then
-    run_step tests "$PY" -m pytest -q
+    # shellcheck disable=SC2086  # GPU_CHECK_TESTS is a list of pytest arguments
+    wanted tests && run_step tests "$PY" -m pytest -q -rs ${GPU_CHECK_TESTS:-tests/test_fused.py tests/test_crn.py}
 else
-    run_step tests-cuda-marked "$PY" -m pytest -q -m cuda -rs
+    wanted tests && run_step tests-cuda-marked "$PY" -m pytest -q -m cuda -rs
     SUMMARY+=("$(printf '%-22s %-18s %7s   %s' "" "" "" "(the whole suite on the CPU: make test)")")
 fi
 
-if [ -n "${ABLATE_DATA:-}" ]; then
+if wanted throughput && [ -n "${ABLATE_DATA:-}" ]; then
     if [ "$DEVICE" = cuda ]; then
         run_step throughput "$PY" benchmarks/throughput.py --device cuda
     else
         run_step throughput-cpu "$PY" benchmarks/throughput.py --device cpu --steps 4 --warmup 1
     fi
-else
+elif wanted throughput; then
     skip_step throughput "ABLATE_DATA is not set (it times the real data pipeline)"
 fi
 
 if [ "$DEVICE" = cuda ]; then
-    run_step fused "$PY" benchmarks/fused.py --device cuda --compile both
+    wanted fused && run_step fused "$PY" benchmarks/fused.py --device cuda --steps 50 --warmup 5
+    # shellcheck disable=SC2086
+    wanted fused-compile && run_step fused-compile "$PY" benchmarks/fused.py --device cuda \
+        ${GPU_CHECK_COMPILE:---models cnn4 --ks 1,8 --steps 50 --warmup 5 --compile both}
 else
-    run_step fused-cpu "$PY" benchmarks/fused.py --device cpu --ks 1,2 --steps 2 --warmup 1 --batch 32
+    wanted fused && run_step fused-cpu "$PY" benchmarks/fused.py --device cpu --ks 1,2 --steps 2 --warmup 1 --batch 32
 fi
 
-if [ "$DEVICE" = cuda ] && [ -n "${ABLATE_DATA:-}" ]; then
+STUDIES=""
+for profile in smoke quick full; do
+    wanted $profile && STUDIES="$STUDIES $profile"
+done
+if [ -n "$STUDIES" ] && [ "$DEVICE" = cuda ] && [ -n "${ABLATE_DATA:-}" ]; then
     STORES=$(mktemp -d -t ablate-gpu-check-stores.XXXXXX)
-    PROFILES="smoke quick"
-    [ "${GPU_CHECK_FULL:-0}" = 1 ] && PROFILES="smoke quick full"
-    for profile in $PROFILES; do
+    for profile in $STUDIES; do
         run_step "batchnorm-$profile" "$ABLATE" run studies/batchnorm.yaml --profile "$profile" \
             --set train.device=cuda --tracking-uri "sqlite:///$STORES/mlflow.db" --storage "sqlite:///$STORES/optuna.db"
     done
-elif [ "$DEVICE" = cuda ]; then
+elif [ -n "$STUDIES" ] && [ "$DEVICE" = cuda ]; then
     skip_step batchnorm-studies "ABLATE_DATA is not set"
-else
+elif [ -n "$STUDIES" ]; then
     skip_step batchnorm-studies "no CUDA device (the studies on the CPU: make run)"
 fi
 
-echo
-echo "== gpu-check summary: $DEVICE_LINE"
-for line in "${SUMMARY[@]}"; do
-    echo "$line"
-done
+{
+    echo
+    echo "== gpu-check summary: $DEVICE_LINE"
+    echo "steps: $STEPS"
+    for line in "${SUMMARY[@]}"; do
+        echo "$line"
+    done
+} | tee "$LOGS/summary.txt"
 case "${SUMMARY[*]}" in
 *FAILED*) exit 1 ;;
 esac

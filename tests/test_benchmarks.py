@@ -25,3 +25,36 @@ def test_throughput_without_data_is_one_line_not_a_traceback(tmp_path):
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "ABLATE_DATA" in lines[0]
+
+
+def _script(name: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PY": sys.executable, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), **env}
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / name)], capture_output=True, text=True, env=full, cwd=tmp_path, timeout=120
+    )
+
+
+def test_gpu_check_runs_only_the_steps_asked_for_and_writes_its_summary(tmp_path):
+    """GPU_CHECK_STEPS splits the check over calls; on a CPU the studies skip, saying why."""
+    out = _script("gpu_check.sh", tmp_path, GPU_CHECK_STEPS="smoke", GPU_CHECK_LOGS=str(tmp_path / "logs"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = (tmp_path / "logs" / "summary.txt").read_text()
+    assert "steps: smoke" in summary and "no CUDA device" in summary
+    assert "batchnorm-studies      skipped" in summary
+    for step in ("tests-cuda-marked", "throughput", "fused-cpu"):  # not asked for: not run
+        assert step not in summary
+
+
+def test_gpu_device_without_the_bundle_says_what_to_run(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    (repo / "benchmarks" / "gpu_device.sh").write_text((ROOT / "benchmarks" / "gpu_device.sh").read_text())
+    out = subprocess.run(
+        ["bash", str(repo / "benchmarks" / "gpu_device.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OUT": str(tmp_path)},
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "make gpu-bundle" in out.stderr and "carry .gpu" in out.stderr
