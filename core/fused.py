@@ -22,7 +22,8 @@ runs agree to rounding, which Adam's normalisation can amplify for gradients nea
 What cannot fuse, and why (:func:`unfusable_reason`): the ``plateau`` schedule (it cuts the lr
 on each run's own validation loss, and the fused seeds share one lr), ``fp16`` precision (one
 GradScaler would skip the step of every seed when one overflows), and a model whose forward
-``vmap`` cannot batch (probed once per model config on the CPU).
+``vmap`` cannot batch (probed once per model config on the CPU, in float32 and, when the run
+will use bf16, under bf16 autocast too).
 
 ``K = 1`` uses the plain module (:class:`Single`): the ordinary run is the same training loop
 (``core.train``) without ``vmap``.
@@ -100,9 +101,10 @@ class _AutocastUnderVmap(TorchFunctionMode):
 
     - convolutions, linear layers and matmuls (autocast's lower-precision list) take their float
       inputs, weights and biases cast to ``dtype``;
-    - ``batch_norm`` of a ``dtype`` input computes in float32 and returns ``dtype``, as the plain
-      model's mixed kernel does (bf16 input, float32 statistics); ``vmap``'s batching rule for
-      ``batch_norm`` refuses that mix of dtypes, so the input is cast up first.
+    - ``batch_norm`` of a ``dtype`` input computes in its statistics' dtype (float32) and returns
+      ``dtype``, as the plain model's mixed kernel does (bf16 input, float32 statistics);
+      ``vmap``'s batching rule for ``batch_norm`` refuses that mix of dtypes, so the input is cast
+      up first.
 
     Everything else (ReLU, pooling, dropout, the residual adds) follows its inputs' dtype in both.
     """
@@ -121,7 +123,9 @@ class _AutocastUnderVmap(TorchFunctionMode):
         if func in self.LOW:
             return func(*map(self._low, args), **{k: self._low(v) for k, v in kwargs.items()})
         if func is F.batch_norm and args and args[0].dtype == self.dtype:
-            return func(args[0].float(), *args[1:], **kwargs).to(self.dtype)
+            stats = next((a for a in args[1:] if isinstance(a, Tensor) and a.is_floating_point()), None)
+            wide = stats.dtype if stats is not None else torch.float32  # the statistics' dtype: float32
+            return func(args[0].to(wide), *args[1:], **kwargs).to(self.dtype)
         return func(*args, **kwargs)
 
 
@@ -217,22 +221,30 @@ class Stacked:
 
 
 @functools.lru_cache(maxsize=32)
-def _vmap_probe(model_json: str) -> str | None:
-    """None when two replicas of the model run forward and backward under ``vmap``; else the error."""
+def _vmap_probe(model_json: str, bf16: bool) -> str | None:
+    """None when two replicas of the model run forward and backward under ``vmap``; else the error.
+
+    With ``bf16`` the forward runs under ``torch.autocast("cpu", torch.bfloat16)`` too (CPU
+    autocast casts the ops CUDA's does), so a model whose fused forward breaks in bf16 trains
+    one seed at a time instead of failing on the GPU.
+    """
     from core.config import ModelConfig
     from core.models import create_model
 
     mcfg = ModelConfig.model_validate_json(model_json)
-    try:
-        models = [create_model(mcfg, seed=s) for s in (0, 1)]
-        reps = Stacked(models, torch.device("cpu"))
-        reps.train()
-        size = int(mcfg.input_size or 32)
-        size = 32 if size > 32 else size  # the models resize inside forward
-        out = reps(torch.zeros(2, 2, 3, size, size))
-        out.sum().backward()
-    except Exception as exc:  # any failure means: do not fuse this model
-        return f"{type(exc).__name__}: {exc}"
+    size = int(mcfg.input_size or 32)
+    size = 32 if size > 32 else size  # the models resize inside forward
+    for autocast in [contextlib.nullcontext()] + ([torch.autocast("cpu", torch.bfloat16)] if bf16 else []):
+        try:
+            models = [create_model(mcfg, seed=s) for s in (0, 1)]
+            reps = Stacked(models, torch.device("cpu"))
+            reps.train()
+            with autocast:
+                out = reps(torch.zeros(2, 2, 3, size, size))
+            out.float().sum().backward()
+        except Exception as exc:  # any failure means: do not fuse this model
+            where = " in bf16" if isinstance(autocast, torch.autocast) else ""
+            return f"{type(exc).__name__}{where}: {exc}"
     return None
 
 
@@ -246,7 +258,7 @@ def unfusable_reason(cfg: RunConfig) -> str | None:
         return "schedule.name=plateau cuts the lr on each run's own validation loss; fused seeds share one lr"
     if cfg.train.precision == "fp16":
         return "train.precision=fp16: one GradScaler would skip every fused seed's step when one overflows"
-    err = _vmap_probe(cfg.model.model_dump_json())
+    err = _vmap_probe(cfg.model.model_dump_json(), cfg.train.precision in ("auto", "bf16"))  # auto: bf16 on CUDA
     if err is not None:
         return f"model {cfg.model.name} does not run under torch.vmap ({err})"
     return None

@@ -279,6 +279,29 @@ def test_every_registered_model_fuses(name, tmp_path):
     assert unfusable_reason(resolve_config(_cfg(**mcfg))) is None
 
 
+def test_a_model_that_breaks_in_bf16_trains_one_seed_at_a_time(monkeypatch):
+    """The vmap probe runs in bf16 too when the run will (bf16, or auto: bf16 on CUDA)."""
+    import core.fused as fused_mod
+
+    class Broken(fused_mod._AutocastUnderVmap):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.linear:
+                raise RuntimeError("no bf16 linear under vmap")
+            return super().__torch_function__(func, types, args, kwargs)
+
+    monkeypatch.setattr(fused_mod, "_AutocastUnderVmap", Broken)
+    fused_mod._vmap_probe.cache_clear()
+    try:
+        for precision in ("bf16", "auto"):
+            why = unfusable_reason(resolve_config(_cfg(**{"train.precision": precision})))
+            assert why is not None and "in bf16" in why and "no bf16 linear" in why, why
+        assert unfusable_reason(resolve_config(_cfg(**{"train.precision": "fp32"}))) is None
+        k, why = fuse_group_size(resolve_config(_cfg(**{"train.precision": "bf16"})), 3, CPU)
+        assert k == 1 and "in bf16" in why
+    finally:
+        fused_mod._vmap_probe.cache_clear()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["cnn4", "resnet18"])
