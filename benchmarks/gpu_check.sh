@@ -64,8 +64,10 @@ if [ "$DEVICE" = cuda ]; then
     # shellcheck disable=SC2086  # GPU_CHECK_TESTS is a list of pytest arguments
     wanted tests && run_step tests "$PY" -m pytest -q -rs ${GPU_CHECK_TESTS:--m cuda tests/test_fused.py}
 else
-    wanted tests && run_step tests-cuda-marked "$PY" -m pytest -q -m cuda -rs
-    SUMMARY+=("$(printf '%-22s %-18s %7s   %s' "" "" "" "(the whole suite on the CPU: make test)")")
+    if wanted tests; then
+        run_step tests-cuda-marked "$PY" -m pytest -q -m cuda -rs
+        SUMMARY+=("$(printf '%-22s %-18s %7s   %s' "" "" "" "(the whole suite on the CPU: make test)")")
+    fi
 fi
 
 if wanted throughput && [ -n "${ABLATE_DATA:-}" ]; then
