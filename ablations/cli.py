@@ -183,7 +183,8 @@ def run(
     """Train every cell (factor levels x seeds) of STUDY_FILE not yet finished; log each to MLflow.
 
     A sequential study (a `sequential` block, --until-decided or --max-seeds) adds seeds in rounds and stops
-    once its question is decided; anytime-valid intervals keep the error rate however many rounds it takes.
+    once its question is decided; intervals valid at every look at once keep the error rate however many
+    rounds it takes (repeated confidence intervals for the planned looks, anytime-valid beyond them).
     """
     study = _load(study_file, profile, sets, until_decided, max_seeds)
     cells = study.cells()

@@ -216,7 +216,7 @@ def per_class_difference(runs: pd.DataFrame, baseline: str, title: str = "", ord
 
 
 def looks_plot(looks: list[dict], unit: str = "", margin: float | None = None, title: str = "") -> Figure:
-    """How a sequential study's anytime-valid intervals narrowed, look by look.
+    """How a sequential study's intervals (valid at every look at once) narrowed, look by look.
 
     Args:
         looks: ``Report.sequential["looks"]``: per look ``seeds`` (per arm) and ``comparisons``

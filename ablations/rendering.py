@@ -167,7 +167,7 @@ def _sequential_line(r: Report) -> str:
 
 
 def _looks_table(r: Report) -> pd.DataFrame:
-    """One row per look and deciding comparison: seeds per arm, difference with its anytime interval, verdict."""
+    """One row per look and deciding comparison: seeds per arm, difference with its sequential interval, verdict."""
     du = f" {r.diff_unit}" if r.diff_unit else ""
     rows = []
     for look in r.sequential.get("looks") or []:
@@ -178,22 +178,40 @@ def _looks_table(r: Report) -> pd.DataFrame:
                     "look": str(look["look"]),
                     "seeds": str(look["seeds"]),
                     "comparison": c["effect"],
-                    f"difference{du} [anytime CI]": f"{_f(c['estimate'], 2, True)} {interval}",
+                    f"difference{du} [sequential CI]": f"{_f(c['estimate'], 2, True)} {interval}",
                     "verdict": c["verdict"],
                 }
             )
     return pd.DataFrame(rows)
 
 
+def _sequential_method(r: Report) -> str:
+    """How a sequential study's intervals were made, in words (its plan, or the anytime-valid sequence alone)."""
+    plan = (r.sequential or {}).get("plan") or {}
+    anytime = "the anytime-valid confidence sequence (Gaussian, unknown variance; Wang & Ramdas 2023 after Lai 1976)"
+    if not plan.get("looks"):
+        return f"{anytime} of the mean paired difference, valid at every look at once; p: its anytime-valid p-value"
+    reserve = float(plan.get("reserve", 0.1))
+    looks = plan["looks"]
+    sizes = ", ".join(map(str, looks)) if len(looks) <= 6 else f"{looks[0]}, {looks[1]}, ..., {looks[-1]}"
+    return (
+        f"valid at every look at once: at the {len(looks)} looks the study's first sequential run planned "
+        f"({sizes} seeds per arm), the repeated confidence interval (Pocock's constant nominal level for the t "
+        f"statistic, calibrated by simulation; Jennison & Turnbull 1989) at {1 - reserve:.0%} of alpha, "
+        f"intersected with {anytime} at the other {reserve:.0%}, which alone judges looks beyond the plan; p: the "
+        "smaller of the two tests' p-values, each over its share of alpha"
+    )
+
+
 def _methods(r: Report) -> str:
     tested = int(r.effects["p"].notna().sum())
     if r.sequential is not None:
         return (
-            "difference: arm minus baseline, paired by seed; interval: the anytime-valid confidence sequence of "
-            "the mean paired difference (Gaussian, unknown variance; Wang & Ramdas 2023 after Lai 1976), valid at "
-            f"every look at once, at 1 - {r.alpha:g}/{max(tested, 1)} (Bonferroni over the {tested} comparison(s)); "
-            "p: its anytime-valid p-value, Bonferroni-adjusted. better/worse: the interval excludes 0; "
-            "equivalent: it lies inside the equivalence margin (or a claim's min_effect)."
+            "difference: arm minus baseline, paired by seed; interval: "
+            + _sequential_method(r)
+            + f", at 1 - {r.alpha:g}/{max(tested, 1)} (Bonferroni over the {tested} comparison(s)); "
+            "better/worse: the interval excludes 0; equivalent: it lies inside the equivalence margin (or a "
+            "claim's min_effect)."
         )
     return (
         "difference: arm minus baseline, paired by seed (paired t test; Welch t when the arms do not share seeds), "
@@ -355,7 +373,7 @@ def _terminal(r: Report) -> str:
         if r.sequential is not None:
             out += [
                 "",
-                f"claims (anytime-valid intervals at 1 - {r.alpha:g}/{len(r.claims)}, Bonferroni over the claims)",
+                f"claims (sequential intervals at 1 - {r.alpha:g}/{len(r.claims)}, Bonferroni over the claims)",
             ]
         else:
             out += ["", f"claims (interval at {1 - r.alpha:.0%}, not corrected for multiplicity)"]

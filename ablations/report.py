@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 POWER = 0.8
+PLAN_TAG = f"{TAG}sequential_plan"  # on the parent run: the looks planned by the study's first sequential run
 CURVE_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 
@@ -84,7 +85,10 @@ class StudyRuns:
         sequential: a sequential study's design (``max_seeds``, ``step``, ``equivalence_margin``,
             ``timeout``, ``looks``: the seeds per arm of each look) and ``stopped`` (the parent run's
             tag ``ablate.sequential_stop`` when the runner stopped it: ``decided``, ``max_seeds`` or
-            ``timeout``); ``None`` for a study with fixed seeds.
+            ``timeout``) and ``plan`` (the parent run's tag ``ablate.sequential_plan``, written by the
+            study's first sequential run: ``looks``, the planned seeds per arm of each look, or None when
+            the study looked at its data before a plan was recorded, and ``reserve``); ``None`` for a
+            study with fixed seeds.
     """
 
     study: str
@@ -169,7 +173,12 @@ def load_runs(
     overrides = config.get("overrides") or {}
     sequential = config.get("sequential")
     if sequential is not None:
-        sequential = {**sequential, "stopped": ptags.get(f"{TAG}sequential_stop")}
+        plan = ptags.get(PLAN_TAG)
+        sequential = {
+            **sequential,
+            "stopped": ptags.get(f"{TAG}sequential_stop"),
+            "plan": json.loads(plan) if plan else None,
+        }
     return StudyRuns(
         study,
         ptags.get(f"{TAG}profile", "?"),
@@ -336,7 +345,8 @@ def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None
     """Compute the arm, effect and claim tables of a study (of a sequential study: at its last look).
 
     A sequential study (``sr.sequential``) is judged look by look (:func:`sequential_looks`): every
-    comparison gets an anytime-valid interval (``stats.sequential_contrast``, Bonferroni over the
+    comparison gets a sequential interval (``stats.sequential_contrast``: the repeated confidence
+    interval at a planned look, intersected with the anytime-valid sequence; Bonferroni over the
     comparisons of its family) instead of the fixed-n t interval, and the tables are those of the look
     it stopped at (or of the last complete look while it runs).
 
@@ -370,8 +380,8 @@ def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None
     if sr.sequential is None:
         return _build(sr, alpha, effect)
     looks, stopped = sequential_looks(sr, alpha, effect)
-    if not looks:  # the first look is not complete yet: the tables of what there is, judged anytime-valid
-        r = _build(sr, alpha, effect, anytime=True)
+    if not looks:  # the first look is not complete yet: the tables of what there is, not a planned look
+        r = _build(sr, alpha, effect, sequential=True, plan=look_plan(sr), look=0)
         at = None
     else:
         r = looks[-1].pop("_report")
@@ -394,10 +404,11 @@ def sequential_looks(sr: StudyRuns, alpha: float | None = None, effect: float | 
 
     A look is complete when every arm has a finished (or failed) run of each of its seeds. At each
     complete look the deciding comparisons (the claims on the study when it has any, else every arm
-    against the baseline) are judged with anytime-valid intervals; the study is decided when every one
-    of them is (``better``, ``worse``, ``equivalent``; for claims ``supported`` or ``contradicted``).
-    Because the intervals hold at every look at once (``stats.t_cs``), stopping at the first decided
-    look keeps the stated error rate.
+    against the baseline) are judged with sequential intervals (:func:`look_plan`); the study is decided
+    when every one of them is (``better``, ``worse``, ``equivalent``; for claims ``supported`` or
+    ``contradicted``). Because the intervals hold at every look at once (``stats.repeated_ci`` over the
+    planned looks, ``stats.t_cs`` over all), stopping at the first decided look keeps the stated error
+    rate.
 
     Args:
         sr: the runs, with ``sr.sequential`` (its ``looks``: seeds per arm of each look).
@@ -422,6 +433,7 @@ def sequential_looks(sr: StudyRuns, alpha: float | None = None, effect: float | 
         done |= set(zip(sr.failures["arm"], sr.failures["seed"], strict=True))
     arms = [a for a, _ in _arms(sr.factors)]
     plan = sr.sequential.get("looks") or []
+    planned = look_plan(sr)
     out: list[dict] = []
     for k, seeds in enumerate(plan):
         if not all((a, s) in done for a in arms for s in seeds):
@@ -429,10 +441,10 @@ def sequential_looks(sr: StudyRuns, alpha: float | None = None, effect: float | 
         sub = sr.restricted(seeds)
         if sub.runs.empty:
             break
-        r = _build(sub, alpha, effect, anytime=True)
+        r = _build(sub, alpha, effect, sequential=True, plan=planned, look=len(seeds))
         deciding = _deciding(r)
         comparisons = [
-            {k2: row.get(k2) for k2 in ("effect", "estimate", "ci_low", "ci_high", "verdict")}
+            {k2: row.get(k2) for k2 in ("effect", "estimate", "ci_low", "ci_high", "test", "verdict")}
             for row in deciding.to_dict("records")
         ]
         decided = bool(comparisons) and all(_decided(str(c["verdict"])) for c in comparisons)
@@ -442,6 +454,18 @@ def sequential_looks(sr: StudyRuns, alpha: float | None = None, effect: float | 
     if plan and len(out) == len(plan):
         return out, "max_seeds"
     return out, ("timeout" if sr.sequential.get("stopped") == "timeout" else None)
+
+
+def look_plan(sr: StudyRuns) -> stats.LookPlan | None:
+    """The looks a sequential study planned before its first run (``sr.sequential["plan"]``), or None.
+
+    None when no plan was recorded (a study that looked at its data with an earlier version, or one
+    replayed from its file alone): its intervals are then the anytime-valid sequence at the whole alpha.
+    """
+    plan = (sr.sequential or {}).get("plan") or {}
+    if not plan.get("looks"):
+        return None
+    return stats.LookPlan(tuple(plan["looks"]), float(plan.get("reserve", stats.PLAN_RESERVE)))
 
 
 def _deciding(r: Report) -> pd.DataFrame:
@@ -455,8 +479,19 @@ def _deciding(r: Report) -> pd.DataFrame:
     return r.effects[r.effects["kind"] == "arm"]
 
 
-def _build(sr: StudyRuns, alpha: float, effect: float | None, anytime: bool = False) -> Report:
-    """The tables of :func:`build_report`; ``anytime``: anytime-valid intervals, Bonferroni, sequential verdicts."""
+def _build(
+    sr: StudyRuns,
+    alpha: float,
+    effect: float | None,
+    sequential: bool = False,
+    plan: stats.LookPlan | None = None,
+    look: int | None = None,
+) -> Report:
+    """The tables of :func:`build_report`.
+
+    ``sequential``: sequential intervals (``stats.sequential_contrast`` with ``plan`` at this ``look``, the
+    planned seeds per arm), Bonferroni, sequential verdicts.
+    """
     scale = 100.0 if _is_accuracy(sr.metric) else 1.0
     unit = "%" if scale == 100.0 else ""
     arms = _arms(sr.factors)
@@ -494,12 +529,12 @@ def _build(sr: StudyRuns, alpha: float, effect: float | None, anytime: bool = Fa
     for (_, _, _, w), ok in zip(specs, testable, strict=True):
         if not ok:
             contrasts.append(None)
-        elif anytime:
-            contrasts.append(stats.sequential_contrast(series, w, alpha / m_all))
+        elif sequential:
+            contrasts.append(stats.sequential_contrast(series, w, alpha / m_all, plan=plan, look=look))
         else:
             contrasts.append(stats.contrast(series, w))
     p_raw = np.array([c.p if c is not None else math.nan for c in contrasts])
-    p_holm = np.minimum(p_raw * m_all, 1.0) if anytime else stats.holm(p_raw)  # anytime: Bonferroni
+    p_holm = np.minimum(p_raw * m_all, 1.0) if sequential else stats.holm(p_raw)  # sequential: Bonferroni
     m = int(np.sum(~np.isnan(p_raw)))
     power_alpha = alpha / max(m, 1)  # Bonferroni bound on Holm's strictest threshold
     maximize = sr.direction == "maximize"
@@ -512,7 +547,7 @@ def _build(sr: StudyRuns, alpha: float, effect: float | None, anytime: bool = Fa
             continue
         target, target_from = _target(effect, w, claim_weights, c)
         need = stats.seeds_needed(target, c.sd, power_alpha, POWER, c.paired, c.weight_ss)
-        if anytime:
+        if sequential:
             need = None  # a sequential study adds seeds until it decides
             v = stats.sequential_verdict(c, maximize, _margin(sr, w, claim_weights))
             if kind == "interaction" and v in ("better", "worse"):
@@ -570,7 +605,7 @@ def _build(sr: StudyRuns, alpha: float, effect: float | None, anytime: bool = Fa
     arm_df = pd.DataFrame(arm_rows).reindex(columns=[*cols, "median", "failed"])
     arm_df = arm_df[arm_df["n"].gt(0) | arm_df["failed"].gt(0)].reset_index(drop=True)
     arm_df["test"] = arm_df["test"].fillna("")
-    claims = _claims_table(sr, arms, alpha, effect, anytime)
+    claims = _claims_table(sr, arms, alpha, effect, sequential, plan, look)
     return Report(sr, alpha, effect, scale, unit, base_arm, arm_df, effects, claims)
 
 
@@ -665,10 +700,18 @@ def _failed_cells(sr: StudyRuns) -> dict[str, int]:
     return out
 
 
-def _claims_table(sr: StudyRuns, arms, alpha: float, effect: float | None, anytime: bool = False) -> pd.DataFrame:
+def _claims_table(
+    sr: StudyRuns,
+    arms,
+    alpha: float,
+    effect: float | None,
+    sequential: bool = False,
+    plan: stats.LookPlan | None = None,
+    look: int | None = None,
+) -> pd.DataFrame:
     rows = []
     level = 1 - alpha
-    if anytime:  # the claims decide a sequential study: they share alpha (Bonferroni)
+    if sequential:  # the claims decide a sequential study: they share alpha (Bonferroni)
         level = 1 - alpha / max(len(sr.claims), 1)
     for claim in sr.claims:
         metric = claim.get("metric") or sr.metric
@@ -688,15 +731,15 @@ def _claims_table(sr: StudyRuns, arms, alpha: float, effect: float | None, anyti
         if not w or not all(a in series for a in w):
             rows.append({**row, "verdict": "inconclusive: no runs of the treatment or control arms"})
             continue
-        if anytime:
-            c = stats.sequential_contrast(series, w, 1 - level)
+        if sequential:
+            c = stats.sequential_contrast(series, w, 1 - level, plan=plan, look=look)
         else:
             c = stats.contrast(series, w, level)
         target = claim.get("min_effect") or (abs(effect) if effect is not None else abs(c.estimate))
-        need = None if anytime else stats.seeds_needed(target, c.sd, alpha, POWER, c.paired, c.weight_ss)
+        need = None if sequential else stats.seeds_needed(target, c.sd, alpha, POWER, c.paired, c.weight_ss)
         need = max(need, MIN_SEEDS) if need is not None else None
-        v = stats.judge_claim(c, claim["direction"], claim.get("min_effect"), min_seeds=2 if anytime else MIN_SEEDS)
-        if anytime and v.startswith("inconclusive"):
+        v = stats.judge_claim(c, claim["direction"], claim.get("min_effect"), min_seeds=2 if sequential else MIN_SEEDS)
+        if sequential and v.startswith("inconclusive"):
             n = [len(series[a]) for a in w]
             v = f"inconclusive at {min(n)} seeds per arm (profile {sr.profile})"
         elif v.startswith("inconclusive"):

@@ -199,9 +199,11 @@ class _Session:
                 f"`ablate run {study.path}` (same --profile, --set, --tracking-uri and --storage) first"
             )
         if create:
+            fresh = parent is None
             parent = parent or self.tracker.create_parent(
                 self.exp_id, study.key, f"{study.name} ({study.profile})", self.tags
             )
+            self._record_plan(parent, fresh)
             self._describe(parent)
         self.parent = parent
         lock.release()  # the stores, the experiment and the one parent run exist now
@@ -218,6 +220,33 @@ class _Session:
         for run in self.tracker.children(self.parent, status="RUNNING"):
             if run.data.tags.get("optuna.trial_number") not in running:
                 self.tracker.end(run.info.run_id, "FAILED", "stopped while the tracking server was unreachable")
+
+    def _record_plan(self, parent: str, fresh: bool) -> None:
+        """Fix a sequential study's looks on its parent run (tag ``ablate.sequential_plan``), once.
+
+        The planned intervals (``stats.LookPlan``) hold for looks chosen before the data, so the first
+        sequential run of a study records its looks and later runs keep them: a run with a higher
+        ``--max-seeds`` or another ``step`` judges the looks beyond the plan with the anytime-valid
+        sequence alone. A parent run that ran sequentially before plans were recorded (it has a sequential
+        config already) gets none: its intervals stay the anytime-valid ones at the whole alpha.
+        """
+        from ablations.report import PLAN_TAG, _parent_config
+        from ablations.stats import PLAN_RESERVE
+
+        if self.study.sequential is None:
+            return
+        tags = {} if fresh else self.tracker.client.get_run(parent).data.tags
+        if PLAN_TAG in tags:
+            return
+        earlier = not fresh and (
+            f"{TAG}sequential_stop" in tags or _parent_config(self.tracker, parent).get("sequential") is not None
+        )
+        plan = (
+            {"looks": None, "why": "the study ran sequentially before its looks were planned"}
+            if earlier
+            else {"looks": [len(seeds) for seeds in self.plan], "reserve": PLAN_RESERVE}
+        )
+        self.tracker.client.set_tag(parent, PLAN_TAG, json.dumps(plan))
 
     def _describe(self, parent: str) -> None:
         """Record the study's current factors, seeds, metric and claims on its parent run."""

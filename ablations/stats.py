@@ -31,7 +31,13 @@ points). Methods and sources:
   scale-invariant Gaussian-mixture t test martingale of Wang & Ramdas 2023,
   after Lai 1976), valid at every look at once, so stopping early keeps its
   error rate; equivalence within a margin read off the same sequence (the
-  sequential form of Schuirmann's 1987 two one-sided tests).
+  sequential form of Schuirmann's 1987 two one-sided tests);
+- for a sequential study whose looks were planned before its first run,
+  repeated confidence intervals for those looks (Jennison & Turnbull 1989,
+  "Interim analyses: the repeated confidence interval approach", JRSS B 51)
+  with Pocock's (1977) constant nominal level, calibrated for the t
+  statistic by simulation, intersected with the anytime-valid sequence at a
+  small share of alpha that also covers looks beyond the plan.
 
 Raises nothing on small samples: quantities that cannot be computed are NaN
 and the verdict functions say why.
@@ -39,6 +45,7 @@ and the verdict functions say why.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -46,17 +53,21 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 __all__ = [
     "CS_MIXTURE",
     "MIN_SEEDS",
+    "PLAN_RESERVE",
     "Contrast",
+    "LookPlan",
     "Summary",
     "compare",
     "contrast",
     "holm",
     "judge_claim",
+    "planned_level",
+    "repeated_ci",
     "seeds_needed",
     "sequential_contrast",
     "sequential_from_values",
@@ -535,26 +546,156 @@ def t_cs(d: Sequence[float] | np.ndarray, alpha: float = 0.05, c: float = CS_MIX
     return m - half, m + half
 
 
+# ------------------------------------------------------------------------------ sequential (planned looks)
+
+PLAN_RESERVE = 0.1  # share of alpha kept for the anytime-valid sequence, which also covers looks beyond the plan
+PLAN_SIMULATIONS = 200_000  # null studies calibrating a plan: Monte Carlo SE of its level about 0.0005 at 0.05
+
+
+@dataclass(frozen=True)
+class LookPlan:
+    """The looks of a sequential study as planned before its first run: seeds per arm at each look.
+
+    With a plan, a comparison's interval at a planned look is the intersection of two intervals that
+    share alpha: the repeated confidence interval of the planned looks (:func:`repeated_ci`) at
+    ``alpha * (1 - reserve)`` and the anytime-valid confidence sequence (:func:`t_cs`) at ``alpha *
+    reserve``; at any other look (a plan extended later: ``--max-seeds`` above the planned cap, another
+    ``step``) only the second. By the union bound, every interval of the study covers the true mean
+    at once with probability at least ``1 - alpha``, however the study is stopped or extended.
+
+    Attributes:
+        sizes: seeds per arm at each planned look, increasing (e.g. ``(3, 5, 7, ..., 19, 20)``).
+        reserve: share of alpha for the anytime-valid sequence, in (0, 1).
+
+    Raises:
+        ValueError: sizes empty, not increasing, or below 2; reserve outside (0, 1).
+    """
+
+    sizes: tuple[int, ...]
+    reserve: float = PLAN_RESERVE
+
+    def __post_init__(self) -> None:
+        sizes = tuple(int(n) for n in self.sizes)
+        if not sizes or sizes[0] < 2 or any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+            raise ValueError(f"a look plan needs increasing sizes of at least 2 seeds, got {list(self.sizes)}")
+        if not 0 < self.reserve < 1:
+            raise ValueError(f"reserve must be in (0, 1), got {self.reserve}")
+        object.__setattr__(self, "sizes", sizes)
+
+
+@functools.lru_cache(maxsize=16)
+def _null_min_p(sizes: tuple[int, ...]) -> np.ndarray:
+    """The smallest two-sided one-sample t test p-value over the looks ``sizes``, of null studies, sorted.
+
+    Under normal iid values the vector of t statistics of ``d - mu`` at the looks does not depend on
+    ``mu`` or sigma, so standard normal draws give its exact null distribution (to Monte Carlo error).
+    Seeded: the same plan gives the same calibration everywhere.
+    """
+    rng = np.random.default_rng(20260)
+    sizes_a = np.asarray(sizes)
+    out = []
+    for start in range(0, PLAN_SIMULATIONS, 50_000):
+        z = rng.standard_normal((min(50_000, PLAN_SIMULATIONS - start), sizes[-1]))
+        s, v = np.cumsum(z, axis=1)[:, sizes_a - 1], np.cumsum(z * z, axis=1)[:, sizes_a - 1]
+        var = (v - s * s / sizes_a) / (sizes_a - 1)
+        t = np.abs(s / sizes_a) / np.sqrt(var / sizes_a)
+        out.append((2.0 * special.stdtr(sizes_a - 1, -t)).min(axis=1))  # two-sided p: 2 P(T < -|t|)
+    return np.sort(np.concatenate(out))
+
+
+def planned_level(sizes: Sequence[int], alpha: float) -> float:
+    """Pocock's constant nominal level for the looks ``sizes``: reject at a look when its p-value is below it.
+
+    The level ``a'`` such that a one-sample t test at each planned look (``n - 1`` degrees of freedom) at
+    level ``a'`` rejects a true null at some look with probability ``alpha`` (Pocock 1977, "Group sequential
+    methods in the design and analysis of clinical trials", Biometrika 64; for the t statistic, whose
+    joint null distribution over the looks is free of the mean and variance, calibrated on
+    ``PLAN_SIMULATIONS`` seeded null studies: Jennison & Turnbull 2000, "Group Sequential Methods with
+    Applications to Clinical Trials", ch. 11). With one look it is ``alpha``; with the default plan (looks at
+    3, 5, ..., 19, 20 seeds) and alpha 0.045 about 0.0085.
+
+    Args:
+        sizes: seeds per arm at each planned look, increasing, each at least 2.
+        alpha: error probability over all the looks, in (0, 1).
+
+    Returns:
+        The nominal level, in (0, alpha].
+
+    Raises:
+        ValueError: alpha outside (0, 1), or sizes not a valid plan (:class:`LookPlan`).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    null = _null_min_p(LookPlan(tuple(sizes)).sizes)
+    return float(null[max(math.ceil(alpha * len(null)) - 1, 0)])
+
+
+def _repeated_p(sizes: tuple[int, ...], p_nominal: float) -> float:
+    """The overall p-value of a planned look: the share of null studies whose smallest p-value is at most it."""
+    null = _null_min_p(sizes)
+    return float(np.searchsorted(null, p_nominal, side="right") / len(null))
+
+
+def repeated_ci(d: Sequence[float] | np.ndarray, sizes: Sequence[int], alpha: float = 0.05) -> tuple[float, float]:
+    """The repeated (1 - alpha) confidence interval for the mean of ``d`` at one of the planned looks ``sizes``.
+
+    ``m ± t(1 - a'/2, n - 1) * s / sqrt(n)`` with ``a' = planned_level(sizes, alpha)``: the t interval at
+    Pocock's nominal level. The intervals of all planned looks cover the true mean at once with
+    probability 1 - alpha when the values are independent draws of one normal distribution (Jennison &
+    Turnbull 1989, "Interim analyses: the repeated confidence interval approach", JRSS B 51), so the
+    interval at a look the data chose (the first that decides) keeps its level, as does an equivalence
+    verdict read off it. ``n = len(d)`` may be below the look's planned size when seeds failed.
+
+    Args:
+        d: the observed values (n,).
+        sizes: the planned looks (seeds per arm), increasing.
+        alpha: error probability over all the planned looks, in (0, 1).
+
+    Returns:
+        ``(low, high)``; ``(-inf, inf)`` when n < 2; ``(m, m)`` when every value is ``m``.
+
+    Raises:
+        ValueError: alpha outside (0, 1), or sizes not a valid plan.
+    """
+    x = np.asarray(d, dtype=float)
+    level = planned_level(sizes, alpha)
+    n = len(x)
+    if n < 2:
+        return -math.inf, math.inf
+    m, sd = float(x.mean()), float(x.std(ddof=1))
+    half = -float(special.stdtrit(n - 1, level / 2)) * sd / math.sqrt(n)  # t(1 - level/2, n - 1) s / sqrt(n)
+    return m - half, m + half
+
+
 def sequential_contrast(
-    arms: Mapping[str, pd.Series], weights: Mapping[str, float], alpha: float = 0.05, c: float = CS_MIXTURE
+    arms: Mapping[str, pd.Series],
+    weights: Mapping[str, float],
+    alpha: float = 0.05,
+    c: float = CS_MIXTURE,
+    plan: LookPlan | None = None,
+    look: int | None = None,
 ) -> Contrast:
-    """A contrast of arms with an anytime-valid interval (:func:`t_cs`) instead of a fixed-n t interval.
+    """A contrast of arms with a sequential interval instead of a fixed-n t interval.
 
     The contrast is computed per seed over the seeds every weighted arm has run (seeds in
-    increasing order, the order a sequential study adds them). ``p`` is the anytime-valid
-    p-value ``min(1, 1 / M_n(0))`` (:func:`t_cs_martingale`; ``P(M_tau >= 1/alpha) <= alpha`` at any
-    stopping time tau, by Ville's inequality): below alpha exactly when this interval excludes 0.
+    increasing order, the order a sequential study adds them), then judged by
+    :func:`sequential_from_values`: without a plan, the anytime-valid confidence sequence
+    (:func:`t_cs`) at alpha; with one, its planned looks also get the repeated confidence interval
+    (:class:`LookPlan`).
 
     Args:
         arms: arm name -> values indexed by seed.
         weights: arm name -> weight (summing to 0).
         alpha: error probability of the whole sequence (divide it by the number of comparisons
             first: Bonferroni).
-        c: mixture precision.
+        c: mixture precision of the anytime-valid sequence.
+        plan: the looks planned before the study's first run, or None.
+        look: the planned seeds per arm of this look (default: the seeds shared); the planned
+            interval applies when it is one of ``plan.sizes``.
 
     Returns:
-        A :class:`Contrast` with ``test = "t-CS"``, ``level = 1 - alpha``; NaN interval and
-        ``test = "-"`` when fewer than 2 seeds are shared.
+        A :class:`Contrast` with ``test`` ``"t-CS"`` (anytime-valid only) or ``"RCI"`` (a planned look),
+        ``level = 1 - alpha``; NaN interval and ``test = "-"`` when fewer than 2 seeds are shared.
 
     Raises:
         KeyError: a weighted arm is missing from ``arms``.
@@ -566,25 +707,46 @@ def sequential_contrast(
         return Contrast(nan, nan, nan, 1 - alpha, nan, "-", nan, n, nan, "-", nan, "d_z", nan, w_ss)
     shared = shared.sort_values()
     d = np.asarray(sum(w * series[a].loc[shared].to_numpy() for a, w in used.items()), dtype=float)
-    return sequential_from_values(d, alpha, c, w_ss)
+    return sequential_from_values(d, alpha, c, w_ss, plan, look)
 
 
-def sequential_from_values(d: np.ndarray, alpha: float = 0.05, c: float = CS_MIXTURE, w_ss: float = 2.0) -> Contrast:
+def sequential_from_values(
+    d: np.ndarray,
+    alpha: float = 0.05,
+    c: float = CS_MIXTURE,
+    w_ss: float = 2.0,
+    plan: LookPlan | None = None,
+    look: int | None = None,
+) -> Contrast:
     """:func:`sequential_contrast` on per-seed contrasts ``d`` (n,) already computed, seeds in order.
+
+    Without a plan: the anytime-valid sequence at alpha, ``p = min(1, 1 / M_n(0))``. With a plan: the
+    anytime-valid sequence at ``alpha * plan.reserve`` and, at a planned look (``look``, default n, in
+    ``plan.sizes``), intersected with the repeated confidence interval at ``alpha * (1 - plan.reserve)``;
+    ``p`` is the smaller of the two tests' p-values, each divided by its share of alpha, so ``p < alpha``
+    exactly when the interval excludes 0.
 
     Raises:
         ValueError: alpha outside (0, 1) or c <= 0.
     """
     d = np.asarray(d, dtype=float)
-    lo, hi = t_cs(d, alpha, c)
     n, mean = len(d), float(d.mean())
+    share = 1.0 if plan is None else plan.reserve
+    lo, hi = t_cs(d, alpha * share, c)
+    planned = plan is not None and (n if look is None else look) in plan.sizes
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
     if lo == hi:  # no spread
         p = 0.0 if mean != 0 else 1.0
     else:
-        p = float(min(1.0, 1.0 / t_cs_martingale(d, 0.0, c)[-1]))
+        p = float(min(1.0, 1.0 / t_cs_martingale(d, 0.0, c)[-1] / share))
+        if planned:
+            r_lo, r_hi = repeated_ci(d, plan.sizes, alpha * (1 - plan.reserve))
+            lo, hi = max(lo, r_lo), min(hi, r_hi)
+            p_nominal = 2.0 * float(special.stdtr(n - 1, -abs(mean) / (sd / math.sqrt(n))))
+            p = min(p, _repeated_p(plan.sizes, p_nominal) / (1 - plan.reserve), 1.0)
     es = mean / sd if sd > 0 else math.nan
-    return Contrast(mean, lo, hi, 1 - alpha, p, "t-CS", n - 1, n, math.nan, "-", es, "d_z", sd, w_ss)
+    test = "RCI" if planned else "t-CS"
+    return Contrast(mean, lo, hi, 1 - alpha, p, test, n - 1, n, math.nan, "-", es, "d_z", sd, w_ss)
 
 
 def sequential_verdict(c: Contrast, maximize: bool, margin: float | None = None) -> str:

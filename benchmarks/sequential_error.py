@@ -1,14 +1,18 @@
-"""The error rates of two stopping rules on simulated sequential studies, in one run.
+"""The error rates and the seeds to a verdict of three stopping rules on simulated sequential studies, in one run.
 
     python benchmarks/sequential_error.py [--studies 4000] [--sd 2.5]
 
 Each simulated study draws per-seed differences from N(effect, sd) and looks after 3, 5, ..., 19, 20 seeds
 per arm (the default `sequential` block: seeds [0, 1, 2], step 2, max_seeds 20). It prints, for a true
 effect of 0, how often each rule ends with a false better/worse, and, for true effects 0, 0.7 and 3 pp, how
-often the interval at the stop covers the truth: (a) ablate's rule, the anytime-valid t confidence sequence
-(`ablations.stats.sequential_from_values`, stopping when better, worse or equivalent within 1 pp), and (b) the
-naive rule, stopping the first time the fixed-n paired t interval excludes 0. The same checks are tests in
-tests/test_sequential_stats.py.
+often the interval at the stop covers the truth, how many seeds per arm the study took, and how often it ended
+decided (better, worse or equivalent within 1 pp) before the cap: (a) the anytime-valid t confidence sequence
+alone (`ablations.stats.sequential_from_values` without a plan: a study whose looks were not planned), (b) the
+naive rule, stopping the first time the fixed-n paired t interval excludes 0, and (c) ablate's rule for a study
+whose first sequential run recorded its looks: the repeated confidence interval of the planned looks at 0.9
+alpha intersected with the anytime-valid sequence at 0.1 alpha. (d) is (c) with one seed of every study failed
+(a random one of the 20, dropped from every look after it), and (e) is (c) extended after an undecided cap of 20
+to 40 seeds, looks 22, 24, ..., 40 beyond the plan. The same checks are tests in tests/test_sequential_stats.py.
 """
 
 from __future__ import annotations
@@ -28,9 +32,17 @@ from ablations import stats  # noqa: E402
 LOOKS = [3, 5, 7, 9, 11, 13, 15, 17, 19, 20]
 
 
-def anytime(d: np.ndarray, alpha: float, margin: float) -> tuple[str, float, float, int]:
-    for n in LOOKS:
-        c = stats.sequential_from_values(d[:n], alpha)
+PLAN = stats.LookPlan(tuple(LOOKS))
+EXTENDED = LOOKS + list(range(22, 41, 2))
+
+
+def sequential(
+    d: np.ndarray, alpha: float, margin: float, plan=None, looks=LOOKS, failed: int | None = None
+) -> tuple[str, float, float, int]:
+    """The first decided look of one study (or the last): verdict, interval, seeds per arm planned."""
+    for n in looks:
+        x = d[:n] if failed is None or failed >= n else np.delete(d[:n], failed)
+        c = stats.sequential_from_values(x, alpha, plan=plan, look=n)
         v = stats.sequential_verdict(c, True, margin)
         if v != "no detectable difference":
             break
@@ -57,21 +69,30 @@ def main() -> int:
     print(
         f"{n} simulated studies per row, looks at {LOOKS} seeds per arm, per-seed SD {args.sd} pp, alpha {args.alpha}"
     )
-    for effect in (0.0, 0.7, 3.0):
-        data = rng.normal(effect, args.sd, (n, LOOKS[-1]))
-        for name, rule in (
-            ("a. anytime-valid t-CS", lambda d: anytime(d, args.alpha, 1.0)),
-            ("b. naive fixed-n t   ", lambda d: naive(d, args.alpha)),
-        ):
-            out = [rule(d) for d in data]
+    a, m = args.alpha, 1.0
+    rules = (
+        ("a. anytime-valid t-CS    ", lambda d, f: sequential(d, a, m)),
+        ("b. naive fixed-n t       ", lambda d, f: naive(d, a)),
+        ("c. planned: RCI + t-CS   ", lambda d, f: sequential(d, a, m, PLAN)),
+        ("d. planned, 1 seed failed", lambda d, f: sequential(d, a, m, PLAN, failed=f)),
+        ("e. planned, extended to 40", lambda d, f: sequential(d, a, m, PLAN, EXTENDED)),
+    )
+    for effect in (0.0, 0.7, 2.0, 3.0):
+        data = rng.normal(effect, args.sd, (n, EXTENDED[-1]))
+        fails = rng.integers(0, LOOKS[-1], n)
+        for name, rule in rules:
+            if effect != 0 and name[0] in "de":
+                continue  # the robustness rows are about the error rate
+            out = [rule(d, f) for d, f in zip(data, fails, strict=True)]
             false = sum(v in ("better", "worse") for v, *_ in out) / n if effect == 0 else math.nan
+            decided = sum(v != "no detectable difference" for v, *_ in out) / n
             cover = sum(lo <= effect <= hi for _, lo, hi, _ in out) / n
             seeds = np.mean([k for *_, k in out])
             se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / n)  # noqa: E731
             fp = f"false better/worse {false:.4f} ± {se(false):.4f}, " if effect == 0 else ""
             print(
                 f"effect {effect:3.1f} pp  {name}: {fp}coverage at the stop {cover:.4f} ± {se(cover):.4f}, "
-                f"mean seeds per arm at the stop {seeds:.1f}"
+                f"decided {decided:.3f}, mean seeds per arm at the stop {seeds:.1f}"
             )
     return 0
 

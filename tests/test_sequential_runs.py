@@ -71,6 +71,33 @@ def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_t
     page = render(r, "html")  # one self-contained page: the figures inline, the looks plot among them
     assert "<h2>Looks</h2>" in page and 'alt="looks" src="data:image/png;base64,' in page
     assert 'alt="effects"' in page and 'alt="learning_curves"' in page
+    # The first sequential run planned one look (max 3): the later --max-seeds 5 keeps that plan, so look 2
+    # lies beyond it and gets the anytime-valid interval alone.
+    assert r.sequential["plan"] == {"looks": [3], "reserve": 0.1}
+    assert [look["comparisons"][0]["test"] for look in r.sequential["looks"]] == ["RCI", "t-CS"]
+    assert "the 1 looks the study's first sequential run planned (3 seeds per arm)" in " ".join(
+        render(r, "table").split()
+    )
+
+
+def test_a_study_that_ran_sequentially_before_plans_were_recorded_keeps_the_anytime_intervals(tmp_path, monkeypatch):
+    from ablations.report import PLAN_TAG
+    from ablations.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())
+    path = write(tmp_path, TINY.format(name="legacy"))
+    first = runner.run_study(load_study(path, max_seeds=3), progress=False)
+    assert build_report(load_runs("legacy")).sequential["plan"]["looks"] == [3]
+    client = Tracker(None).client
+    client.delete_tag(first.parent_run_id, PLAN_TAG)  # as an earlier version left it: no plan on the parent run
+    r = build_report(load_runs("legacy"))
+    assert r.sequential["plan"] is None and r.sequential["looks"][0]["comparisons"][0]["test"] == "t-CS"
+    runner.run_study(load_study(path, max_seeds=5), progress=False)  # its looks were seen: no plan now
+    assert json.loads(client.get_run(first.parent_run_id).data.tags[PLAN_TAG])["looks"] is None
+    r = build_report(load_runs("legacy"))
+    assert {look["comparisons"][0]["test"] for look in r.sequential["looks"]} == {"t-CS"}
 
 
 def test_the_looks_plot_draws_one_panel_per_deciding_comparison():
