@@ -190,16 +190,16 @@ def _sequential_method(r: Report) -> str:
     plan = (r.sequential or {}).get("plan") or {}
     anytime = "the anytime-valid confidence sequence (Gaussian, unknown variance; Wang & Ramdas 2023 after Lai 1976)"
     if not plan.get("looks"):
-        return f"{anytime} of the mean paired difference, valid at every look at once; p: its anytime-valid p-value"
+        return f"{anytime} of the mean paired difference; p: its anytime-valid p-value, Bonferroni-adjusted"
     reserve = float(plan.get("reserve", 0.1))
     looks = plan["looks"]
     sizes = ", ".join(map(str, looks)) if len(looks) <= 6 else f"{looks[0]}, {looks[1]}, ..., {looks[-1]}"
     return (
-        f"valid at every look at once: at the {len(looks)} looks the study's first sequential run planned "
+        f"at the {len(looks)} looks the study's first sequential run planned "
         f"({sizes} seeds per arm), the repeated confidence interval (Pocock's constant nominal level for the t "
         f"statistic, calibrated by simulation; Jennison & Turnbull 1989) at {1 - reserve:.0%} of alpha, "
         f"intersected with {anytime} at the other {reserve:.0%}, which alone judges looks beyond the plan; p: the "
-        "smaller of the two tests' p-values, each over its share of alpha"
+        "smaller of the two tests' p-values, each over its share of alpha, Bonferroni-adjusted"
     )
 
 
@@ -207,10 +207,10 @@ def _methods(r: Report) -> str:
     tested = int(r.effects["p"].notna().sum())
     if r.sequential is not None:
         return (
-            "difference: arm minus baseline, paired by seed; interval: "
+            f"difference: arm minus baseline, paired by seed; interval at 1 - {r.alpha:g}/{max(tested, 1)} "
+            f"(Bonferroni over the {tested} comparison(s)), valid at every look at once: "
             + _sequential_method(r)
-            + f", at 1 - {r.alpha:g}/{max(tested, 1)} (Bonferroni over the {tested} comparison(s)); "
-            "better/worse: the interval excludes 0; equivalent: it lies inside the equivalence margin (or a "
+            + "; better/worse: the interval excludes 0; equivalent: it lies inside the equivalence margin (or a "
             "claim's min_effect)."
         )
     return (

@@ -242,10 +242,10 @@ def test_a_plan_extended_after_its_last_look_keeps_the_error_rate():
     rng = np.random.default_rng(13)
     extended = LOOKS + list(range(22, 41, 2))
     data = rng.normal(0.0, 2.5, (N_SIM, extended[-1]))
-    false_plan = np.array([run_sequential(d, plan=PLAN)[0] in ("better", "worse") for d in data])
-    false_ext = np.array([run_sequential(d, plan=PLAN, looks=extended)[0] in ("better", "worse") for d in data])
-    assert (false_ext >= false_plan).all()  # the extension only adds looks
-    extra, total = float((false_ext & ~false_plan).mean()), float(false_ext.mean())
+    ends = [run_sequential(d, plan=PLAN, looks=extended) for d in data]
+    false_ext = np.array([v in ("better", "worse") for v, *_ in ends])
+    within = np.array([n <= LOOKS[-1] for *_, n in ends])  # stopped at a planned look: the plan alone did the same
+    extra, total = float((false_ext & ~within).mean()), float(false_ext.mean())
     assert extra <= PLAN.reserve * ALPHA + 3 * mc_error(PLAN.reserve * ALPHA), extra
     assert total - 3 * mc_error(total) <= ALPHA, total
     assert stats.sequential_from_values(data[0][:30], ALPHA, plan=PLAN).test == "t-CS"
