@@ -161,7 +161,8 @@ def main() -> None:
     type=click.IntRange(2),
     default=None,
     metavar="N",
-    help="Cap of seeds per arm (implies --until-decided).",
+    help="Cap of seeds per arm (implies --until-decided). The study's first sequential run fixes its planned "
+    "looks; looks above a later, higher cap get the wider anytime-valid interval.",
 )
 @tracking_option
 @storage_option
