@@ -443,6 +443,8 @@ def run_study(
     started = time.monotonic()
     seq = study.sequential
     _announce_budget(session, before)
+    if seq is not None:
+        _announce_plan(session)
     try:
         look = 0
         while True:
@@ -543,6 +545,29 @@ def _announce_budget(session: _Session, complete: set[str]) -> None:
         if study.profile != "quick" and "quick" in _profiles(study):
             hint += ": on this CPU run --profile quick (a few epochs on a subset) instead"
         tqdm.write(f"budget: {format_seconds(budget.seconds(first))} on the CPU: {hint}")
+
+
+def _announce_plan(session: _Session) -> None:
+    """Before a sequential study trains: the looks its first sequential run planned, and which looks lie beyond."""
+    from ablations.report import PLAN_TAG
+
+    tag = session.tracker.client.get_run(session.parent).data.tags.get(PLAN_TAG)
+    planned = (json.loads(tag) if tag else {}).get("looks")
+    if not planned:
+        tqdm.write(
+            "plan: none recorded (this study looked at its data sequentially before ablate recorded plans): "
+            "anytime-valid intervals at the whole alpha"
+        )
+        return
+    sizes = ", ".join(map(str, planned)) if len(planned) <= 6 else f"{planned[0]}, {planned[1]}, ..., {planned[-1]}"
+    line = f"plan: looks at {sizes} seeds per arm, fixed by the study's first sequential run"
+    beyond = [len(seeds) for seeds in session.plan if len(seeds) not in planned]
+    if beyond:
+        line += (
+            f"; the looks at {', '.join(map(str, beyond))} seeds per arm lie beyond it and get the wider "
+            "anytime-valid interval alone"
+        )
+    tqdm.write(line)
 
 
 def _profiles(study: Study) -> list[str]:

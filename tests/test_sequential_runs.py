@@ -53,7 +53,9 @@ def test_a_bad_sequential_block_names_the_file_and_key(tmp_path, block, where, m
     assert str(path) in str(err.value) and where in str(err.value) and message in str(err.value)
 
 
-def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_trains_nothing(tmp_path, monkeypatch):
+def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_trains_nothing(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())
@@ -61,6 +63,10 @@ def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_t
     first = runner.run_study(load_study(path, max_seeds=3), progress=False)  # as if killed after look 1
     assert len(first.trained) == 6 and first.stopped == "max_seeds"
     again = runner.run_study(load_study(path, max_seeds=5), progress=False)
+    assert (
+        "plan: looks at 3 seeds per arm, fixed by the study's first sequential run; the looks at 5 seeds per arm"
+        in (capsys.readouterr().out)
+    )
     assert sorted(again.trained) == sorted(f"batchnorm={b} seed={s}" for b in ("true", "false") for s in (3, 4))
     assert again.skipped == 6 and len(again.looks) == 2
     done = runner.run_study(load_study(path, max_seeds=5), progress=False)
@@ -80,7 +86,9 @@ def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_t
     )
 
 
-def test_a_study_that_ran_sequentially_before_plans_were_recorded_keeps_the_anytime_intervals(tmp_path, monkeypatch):
+def test_a_study_that_ran_sequentially_before_plans_were_recorded_keeps_the_anytime_intervals(
+    tmp_path, monkeypatch, capsys
+):
     from ablations.report import PLAN_TAG
     from ablations.tracking import Tracker
 
@@ -95,7 +103,9 @@ def test_a_study_that_ran_sequentially_before_plans_were_recorded_keeps_the_anyt
     client.delete_tag(first.parent_run_id, PLAN_TAG)  # as an earlier version left it: no plan on the parent run
     r = build_report(load_runs("legacy"))
     assert r.sequential["plan"] is None and r.sequential["looks"][0]["comparisons"][0]["test"] == "t-CS"
+    capsys.readouterr()
     runner.run_study(load_study(path, max_seeds=5), progress=False)  # its looks were seen: no plan now
+    assert "plan: none recorded" in capsys.readouterr().out
     assert json.loads(client.get_run(first.parent_run_id).data.tags[PLAN_TAG])["looks"] is None
     r = build_report(load_runs("legacy"))
     assert {look["comparisons"][0]["test"] for look in r.sequential["looks"]} == {"t-CS"}
