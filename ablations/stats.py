@@ -612,7 +612,7 @@ def planned_level(sizes: Sequence[int], alpha: float) -> float:
     joint null distribution over the looks is free of the mean and variance, calibrated on
     ``PLAN_SIMULATIONS`` seeded null studies: Jennison & Turnbull 2000, "Group Sequential Methods with
     Applications to Clinical Trials", ch. 11). With one look it is ``alpha``; with the default plan (looks at
-    3, 5, ..., 19, 20 seeds) and alpha 0.045 about 0.0085.
+    3, 5, ..., 19, 20 seeds) and alpha 0.045 about 0.0086.
 
     Args:
         sizes: seeds per arm at each planned look, increasing, each at least 2.
