@@ -12,7 +12,10 @@ naive rule, stopping the first time the fixed-n paired t interval excludes 0, an
 whose first sequential run recorded its looks: the repeated confidence interval of the planned looks at 0.9
 alpha intersected with the anytime-valid sequence at 0.1 alpha. (d) is (c) with one seed of every study failed
 (a random one of the 20, dropped from every look after it), and (e) is (c) extended after an undecided cap of 20
-to 40 seeds, looks 22, 24, ..., 40 beyond the plan. The same checks are tests in tests/test_sequential_stats.py.
+to 40 seeds, looks 22, 24, ..., 40 beyond the plan. (f) and (g) are (a) and (c) when the per-seed differences
+are not normal but skewed: a lognormal (sigma 0.3, skewness 0.95) shifted to mean 0 and scaled to the same SD,
+and (h) is one fixed-n paired t test at 7 seeds (what a fixed-seed study's report does) on those skewed values.
+The same checks, but (f), (g) and (h), are tests in tests/test_sequential_stats.py.
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ def naive(d: np.ndarray, alpha: float) -> tuple[str, float, float, int]:
     return "no detectable difference", x.mean() - half, x.mean() + half, n
 
 
+def fixed(d: np.ndarray, alpha: float, n: int = 7) -> tuple[str, float, float, int]:
+    """One paired t test at n seeds, no looks: the fixed-seed report's test."""
+    x = d[:n]
+    half = sps.t.ppf(1 - alpha / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    v = ("better" if x.mean() > 0 else "worse") if abs(x.mean()) > half else "no detectable difference"
+    return v, x.mean() - half, x.mean() + half, n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--studies", type=int, default=4000)
@@ -76,14 +87,21 @@ def main() -> int:
         ("c. planned: RCI + t-CS   ", lambda d, f: sequential(d, a, m, PLAN)),
         ("d. planned, 1 seed failed", lambda d, f: sequential(d, a, m, PLAN, failed=f)),
         ("e. planned, extended to 40", lambda d, f: sequential(d, a, m, PLAN, EXTENDED)),
+        ("f. anytime, skewed values", lambda d, f: sequential(d, a, m)),
+        ("g. planned, skewed values", lambda d, f: sequential(d, a, m, PLAN)),
+        ("h. one t test at 7, skewed", lambda d, f: fixed(d, a)),
     )
+    sigma = 0.3  # lognormal shape: skewness (e^s2 + 2) sqrt(e^s2 - 1) = 0.95
+    mean, sd = math.exp(sigma**2 / 2), math.sqrt((math.exp(sigma**2) - 1) * math.exp(sigma**2))
+    skewed = (rng.lognormal(0.0, sigma, (n, EXTENDED[-1])) - mean) / sd * args.sd
     for effect in (0.0, 0.7, 2.0, 3.0):
         data = rng.normal(effect, args.sd, (n, EXTENDED[-1]))
         fails = rng.integers(0, LOOKS[-1], n)
         for name, rule in rules:
-            if effect != 0 and name[0] in "de":
+            if effect != 0 and name[0] in "defgh":
                 continue  # the robustness rows are about the error rate
-            out = [rule(d, f) for d, f in zip(data, fails, strict=True)]
+            values = skewed if name[0] in "fgh" else data
+            out = [rule(d, f) for d, f in zip(values, fails, strict=True)]
             false = sum(v in ("better", "worse") for v, *_ in out) / n if effect == 0 else math.nan
             decided = sum(v != "no detectable difference" for v, *_ in out) / n
             cover = sum(lo <= effect <= hi for _, lo, hi, _ in out) / n
