@@ -610,8 +610,10 @@ def planned_level(sizes: Sequence[int], alpha: float) -> float:
     level ``a'`` rejects a true null at some look with probability ``alpha`` (Pocock 1977, "Group sequential
     methods in the design and analysis of clinical trials", Biometrika 64; for the t statistic, whose
     joint null distribution over the looks is free of the mean and variance, calibrated on
-    ``PLAN_SIMULATIONS`` seeded null studies: Jennison & Turnbull 2000, "Group Sequential Methods with
-    Applications to Clinical Trials", ch. 11). With one look it is ``alpha``; with the default plan (looks at
+    ``PLAN_SIMULATIONS`` seeded null studies where Jennison & Turnbull 1991, "Exact calculations for
+    sequential t, chi-square and F tests", Biometrika 78, integrate numerically; their 2000 book "Group
+    Sequential Methods with Applications to Clinical Trials", sect. 11.4, group sequential t-tests). With
+    one look it is ``alpha``; with the default plan (looks at
     3, 5, ..., 19, 20 seeds) and alpha 0.045 about 0.0086.
 
     Args:
