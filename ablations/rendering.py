@@ -195,7 +195,7 @@ def _sequential_method(r: Report) -> str:
     looks = plan["looks"]
     sizes = ", ".join(map(str, looks)) if len(looks) <= 6 else f"{looks[0]}, {looks[1]}, ..., {looks[-1]}"
     return (
-        f"at the {len(looks)} looks the study's first sequential run planned "
+        f"at the {len(looks)} look{'s' if len(looks) > 1 else ''} the study's first sequential run planned "
         f"({sizes} seeds per arm), the repeated confidence interval (Pocock's constant nominal level for the t "
         f"statistic, calibrated by simulation; Jennison & Turnbull 1989) at {1 - reserve:.0%} of alpha, "
         f"intersected with {anytime} at the other {reserve:.0%}, which alone judges looks beyond the plan; p: the "

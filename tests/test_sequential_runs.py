@@ -53,12 +53,18 @@ def test_a_bad_sequential_block_names_the_file_and_key(tmp_path, block, where, m
     assert str(path) in str(err.value) and where in str(err.value) and message in str(err.value)
 
 
-def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_trains_nothing(
-    tmp_path, monkeypatch, capsys
-):
+@pytest.fixture
+def tiny_store(tmp_path, monkeypatch):
+    """Run studies in tmp_path (its mlruns/) on tiny data."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())
+    return tmp_path
+
+
+def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_trains_nothing(
+    tmp_path, tiny_store, capsys
+):
     path = write(tmp_path, TINY.format(name="resume"))
     first = runner.run_study(load_study(path, max_seeds=3), progress=False)  # as if killed after look 1
     assert len(first.trained) == 6 and first.stopped == "max_seeds"
@@ -81,20 +87,17 @@ def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_t
     # lies beyond it and gets the anytime-valid interval alone.
     assert r.sequential["plan"] == {"looks": [3], "reserve": 0.1}
     assert [look["comparisons"][0]["test"] for look in r.sequential["looks"]] == ["RCI", "t-CS"]
-    assert "the 1 looks the study's first sequential run planned (3 seeds per arm)" in " ".join(
+    assert "at the 1 look the study's first sequential run planned (3 seeds per arm)" in " ".join(
         render(r, "table").split()
     )
 
 
 def test_a_study_that_ran_sequentially_before_plans_were_recorded_keeps_the_anytime_intervals(
-    tmp_path, monkeypatch, capsys
+    tmp_path, tiny_store, capsys
 ):
     from ablations.report import PLAN_TAG
     from ablations.tracking import Tracker
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())
     path = write(tmp_path, TINY.format(name="legacy"))
     first = runner.run_study(load_study(path), progress=False)  # fixed seeds first: no sequential look yet
     assert runner.run_study(load_study(path, max_seeds=3), progress=False).trained == []  # look 1 is those runs
