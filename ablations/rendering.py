@@ -185,6 +185,17 @@ def _looks_table(r: Report) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _outlier_lines(r: Report) -> list[str]:
+    """One line per per-seed difference far from its arm's other seeds (``Report.outliers``)."""
+    du = f" {r.diff_unit}" if r.diff_unit else ""
+    return [
+        f"check: {o.effect} seed {o.seed}: difference {_f(o.difference, 2, True)}{du}, far from the arm's other "
+        f"seeds (median {_f(o.median, 2, True)}{du}, modified z {o.z:+.1f}); the intervals assume normal "
+        f"per-seed differences: look at that run (ablate runs {r.runs.study})"
+        for o in r.outliers.itertuples()
+    ]
+
+
 def _sequential_method(r: Report) -> str:
     """How a sequential study's intervals were made, in words (its plan, or the anytime-valid sequence alone)."""
     plan = (r.sequential or {}).get("plan") or {}
@@ -327,6 +338,7 @@ def to_json(r: Report) -> dict:
                 "claims": "interval at 1 - alpha, no multiplicity correction",
             },
             "runs": sr.runs.reindex(columns=["arm", "seed", "run_id", sr.metric]).to_dict("records"),
+            "outliers": r.outliers.to_dict("records"),
             "arms": r.arms.to_dict("records"),
             "effects": r.effects.to_dict("records"),
             "claims": r.claims.to_dict("records"),
@@ -368,6 +380,8 @@ def _terminal(r: Report) -> str:
             if not rows.empty:
                 out += ["", title, table(rows, widths=[30] + [None] * (rows.shape[1] - 1))]
         out += ["", "verdicts", table(d["verdicts"], widths=[30, 26, 36])]
+        checks = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _outlier_lines(r)]
+        out += [""] + checks if checks else []
         out += ["", textwrap.fill(_methods(r), WIDTH)]
     if not r.claims.empty:
         if r.sequential is not None:
@@ -395,7 +409,7 @@ def _markdown(r: Report) -> str:
     parts = ["\n".join(_head(r)).replace("\n", "  \n"), "### Arms", d["arms"].to_markdown(index=False)]
     if not r.effects.empty:
         eff = d["effects"].merge(d["verdicts"], on="effect")
-        parts += ["### Effects", eff.to_markdown(index=False), _methods(r)]
+        parts += ["### Effects", eff.to_markdown(index=False), *_outlier_lines(r), _methods(r)]
     if not r.claims.empty:
         parts += ["### Claims", d["claims"].to_markdown(index=False)]
     return "\n\n".join(parts) + "\n"
@@ -423,7 +437,7 @@ def _html(r: Report) -> str:
     body += ["<h2>Arms</h2>", d["arms"].to_html(index=False)]
     if not r.effects.empty:
         body += ["<h2>Effects</h2>", d["effects"].merge(d["verdicts"], on="effect").to_html(index=False)]
-        body += [f"<p>{html.escape(_methods(r))}</p>"]
+        body += [f"<p>{html.escape(line)}</p>" for line in [*_outlier_lines(r), _methods(r)]]
     if not r.claims.empty:
         body += ["<h2>Claims</h2>", d["claims"].to_html(index=False)]
     if r.sequential is not None and r.sequential.get("looks"):

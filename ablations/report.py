@@ -257,6 +257,8 @@ class Report:
         sequential: for a sequential study, ``looks`` (one dict per look: ``look``, ``seeds``,
             ``decided``, ``comparisons``), ``stopped`` (``decided``, ``max_seeds``, ``timeout`` or
             ``None`` while it runs), ``at`` (the look the tables come from) and the design; else ``None``.
+        outliers: per-seed differences of an arm to the baseline far from that arm's other seeds
+            (``stats.outlying``): ``effect``, ``seed``, ``difference``, ``median``, ``z``, in the report unit.
     """
 
     runs: StudyRuns
@@ -269,6 +271,7 @@ class Report:
     effects: pd.DataFrame
     claims: pd.DataFrame
     sequential: dict | None = None
+    outliers: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def diff_unit(self) -> str:
@@ -606,7 +609,20 @@ def _build(
     arm_df = arm_df[arm_df["n"].gt(0) | arm_df["failed"].gt(0)].reset_index(drop=True)
     arm_df["test"] = arm_df["test"].fillna("")
     claims = _claims_table(sr, arms, alpha, effect, sequential, plan, look)
-    return Report(sr, alpha, effect, scale, unit, base_arm, arm_df, effects, claims)
+    outliers = _outliers(series, base_arm, [label for kind, label, _, _ in specs if kind == "arm"])
+    return Report(sr, alpha, effect, scale, unit, base_arm, arm_df, effects, claims, outliers=outliers)
+
+
+def _outliers(series: dict[str, pd.Series], base_arm: str, arms: list[str]) -> pd.DataFrame:
+    """Each arm's per-seed differences to the baseline that lie far from its other seeds (``stats.outlying``)."""
+    cols = ["effect", "seed", "difference", "median", "z"]
+    found = [
+        stats.outlying(series[arm] - series[base_arm]).rename(columns={"value": "difference"}).assign(effect=arm)
+        for arm in arms
+        if arm in series and base_arm in series
+    ]
+    found = [f for f in found if not f.empty]
+    return pd.concat(found, ignore_index=True)[cols] if found else pd.DataFrame(columns=cols)
 
 
 def _margin(sr: StudyRuns, w: dict, claim_weights: list) -> float | None:

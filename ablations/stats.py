@@ -66,6 +66,7 @@ __all__ = [
     "contrast",
     "holm",
     "judge_claim",
+    "outlying",
     "planned_level",
     "repeated_ci",
     "seeds_needed",
@@ -287,6 +288,38 @@ def _independent(series: dict[str, pd.Series], weights: dict[str, float], level:
         p = float(2 * stats.t.sf(abs(estimate) / se, df))
         lo, hi = estimate - half, estimate + half
     return Contrast(estimate, lo, hi, level, p, "Welch t", df, n_min, p_check, check, es, "d", pooled, w_ss)
+
+
+def outlying(values: pd.Series, threshold: float = 3.5, min_n: int = 5) -> pd.DataFrame:
+    """Values far from the others by the modified z-score, a check on the t tests' normality.
+
+    ``z_i = 0.6745 (x_i - median) / MAD`` with ``MAD = median |x_i - median|``; ``|z_i| > 3.5`` marks a
+    likely outlier (Iglewicz & Hoaglin 1993, "How to Detect and Handle Outliers", ASQC Basic References in
+    Quality Control 16). Median and MAD are not moved by the outlier itself, unlike the mean and SD. One
+    per-seed difference far from the others makes the t interval unreliable at a few seeds (a skewed
+    distribution of differences: ``benchmarks/sequential_error.py``, rows f to h).
+
+    Args:
+        values: one value per seed (indexed by seed), e.g. the per-seed differences of two arms.
+        threshold: the ``|z|`` above which a value is marked.
+        min_n: fewest values to judge (with fewer, median and MAD say too little).
+
+    Returns:
+        One row per marked value: ``seed``, ``value``, ``median``, ``z``; empty when fewer than
+        ``min_n`` values or when the MAD is 0 (half the values or more are equal).
+    """
+    x = values.dropna()
+    out = pd.DataFrame(columns=["seed", "value", "median", "z"])
+    if len(x) < min_n:
+        return out
+    med = float(x.median())
+    mad = float((x - med).abs().median())
+    if mad <= 0:
+        return out
+    z = 0.6745 * (x - med) / mad
+    far = z[z.abs() > threshold]
+    rows = [{"seed": seed, "value": float(x[seed]), "median": med, "z": float(zi)} for seed, zi in far.items()]
+    return pd.DataFrame(rows, columns=out.columns) if rows else out
 
 
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:

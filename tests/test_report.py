@@ -500,3 +500,19 @@ def test_runner_logs_claims_so_the_report_needs_only_mlflow(tmp_path, monkeypatc
     assert r.claims.iloc[0]["verdict"].startswith(  # tiny random data: every run may score the same
         "inconclusive at this budget (profile base, 2 seeds per arm; fewer than 3 give no verdict)"
     )
+
+
+def test_one_seed_far_from_the_others_is_named_with_a_check_line():
+    """A per-seed difference far from the arm's others (modified z > 3.5) is named in every format."""
+    base = [0.80, 0.81, 0.79, 0.80, 0.82, 0.80]
+    treat = [b + d / 100 for b, d in zip(base, [1.0, 2.0, 3.0, 4.0, 5.0, 30.0], strict=True)]  # seed 5: +30 pp
+    r = build_report(runs({"true": base, "false": treat}))
+    # differences 1..5, 30: median 3.5, MAD 1.5, z = 0.6745 * 26.5 / 1.5 = 11.9 (Iglewicz & Hoaglin 1993)
+    assert r.outliers[["effect", "seed"]].values.tolist() == [["batchnorm=false", 5]]
+    assert r.outliers["z"].iloc[0] == pytest.approx(0.6745 * 26.5 / 1.5, rel=1e-6)
+    text = " ".join(render(r, "table").split())
+    assert "check: batchnorm=false seed 5: difference +30.00 pp, far from the arm's other seeds" in text
+    assert json.loads(render(r, "json"))["outliers"][0]["seed"] == 5
+    assert "check: batchnorm=false seed 5" in render(r, "markdown") and "check: batchnorm=false" in render(r, "html")
+    calm = build_report(runs({"true": base, "false": [b + 0.02 for b in base]}))  # every difference 2 pp: MAD 0
+    assert calm.outliers.empty and "check:" not in render(calm, "table")

@@ -208,3 +208,12 @@ def test_judge_claim_needs_three_seeds_and_a_direction():
     assert stats.judge_claim(_c(1.0, 0.5, 1.5, n=2), "increase") == "inconclusive: < 3 seeds"
     with pytest.raises(ValueError, match="direction"):
         stats.judge_claim(_c(1.0, 0.5, 1.5), "up")
+
+
+def test_outlying_marks_values_by_the_modified_z_score():
+    x = pd.Series([1.0, 2.0, 3.0, 4.0, 5.0, 30.0], index=[10, 11, 12, 13, 14, 15])
+    out = stats.outlying(x)  # median 3.5, MAD 1.5: z(30) = 11.9, z(1) = -1.1 (Iglewicz & Hoaglin 1993)
+    assert out["seed"].tolist() == [15] and out["z"].iloc[0] == pytest.approx(0.6745 * 26.5 / 1.5)
+    assert stats.outlying(x.iloc[:4]).empty  # fewer than 5 values: no judgement
+    assert stats.outlying(pd.Series([2.0] * 5 + [9.0])).empty  # MAD 0: no scale to judge by
+    assert stats.outlying(pd.Series(np.random.default_rng(0).normal(0, 1, 20))).empty
