@@ -166,9 +166,21 @@ def _sequential_line(r: Report) -> str:
     return f"{design}; {len(looks)} look(s), the last at {last['seeds']} seeds per arm; {_STOPS[q.get('stopped')]}"
 
 
+BEYOND = "*"  # marks a look whose seeds per arm the plan did not name
+
+
+def _beyond_plan(r: Report) -> bool:
+    """Whether a planned sequential study has looks beyond its plan (judged by the anytime-valid interval alone)."""
+    planned = ((r.sequential or {}).get("plan") or {}).get("looks")
+    looks = (r.sequential or {}).get("looks") or []
+    return bool(planned) and any(look["seeds"] not in planned for look in looks)
+
+
 def _looks_table(r: Report) -> pd.DataFrame:
     """One row per look and deciding comparison: seeds per arm, difference with its sequential interval, verdict."""
     du = f" {r.diff_unit}" if r.diff_unit else ""
+    planned = (r.sequential.get("plan") or {}).get("looks") or []
+    mark = BEYOND if _beyond_plan(r) else ""
     rows = []
     for look in r.sequential.get("looks") or []:
         for c in look["comparisons"]:
@@ -176,7 +188,7 @@ def _looks_table(r: Report) -> pd.DataFrame:
             rows.append(
                 {
                     "look": str(look["look"]),
-                    "seeds": str(look["seeds"]),
+                    "seeds": f"{look['seeds']}{mark if look['seeds'] not in planned else ''}",
                     "comparison": c["effect"],
                     f"difference{du} [sequential CI]": f"{_f(c['estimate'], 2, True)} {interval}",
                     "verdict": c["verdict"],
@@ -371,6 +383,8 @@ def _terminal(r: Report) -> str:
             "looks: the deciding comparisons after each round",
             table(_looks_table(r), widths=[4, 5, 30, 24, 30]),
         ]
+        if _beyond_plan(r):
+            out += [f"{BEYOND} beyond the plan of the study's first sequential run: the anytime-valid interval alone"]
     if not r.effects.empty:
         eff = d["effects"]
         if len(set(r.effects["test"].dropna())) <= 1:

@@ -87,9 +87,9 @@ def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_t
     # lies beyond it and gets the anytime-valid interval alone.
     assert r.sequential["plan"] == {"looks": [3], "reserve": 0.1}
     assert [look["comparisons"][0]["test"] for look in r.sequential["looks"]] == ["RCI", "t-CS"]
-    assert "at the 1 look the study's first sequential run planned (3 seeds per arm)" in " ".join(
-        render(r, "table").split()
-    )
+    text = render(r, "table")
+    assert "at the 1 look the study's first sequential run planned (3 seeds per arm)" in " ".join(text.split())
+    assert "\n2       5*" in text and "* beyond the plan of the study's first sequential run" in text
 
 
 def test_a_study_that_ran_sequentially_before_plans_were_recorded_keeps_the_anytime_intervals(
