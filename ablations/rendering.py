@@ -433,7 +433,7 @@ def _latex(r: Report) -> str:
     d = _display(r)
     parts = ["% " + line for line in _head(r)]
     if not r.effects.empty:
-        parts += ["% " + line for line in textwrap.wrap(_methods(r), WIDTH)]
+        parts += ["% " + line for text in [*_outlier_lines(r), _methods(r)] for line in textwrap.wrap(text, WIDTH)]
     eff = d["effects"].merge(d["verdicts"], on="effect") if not r.effects.empty else None
     for name, df in (("arms", d["arms"]), ("effects", eff), ("claims", d["claims"] if not r.claims.empty else None)):
         if df is None:

@@ -513,6 +513,7 @@ def test_one_seed_far_from_the_others_is_named_with_a_check_line():
     text = " ".join(render(r, "table").split())
     assert "check: batchnorm=false seed 5: difference +30.00 pp, far from the arm's other seeds" in text
     assert json.loads(render(r, "json"))["outliers"][0]["seed"] == 5
-    assert "check: batchnorm=false seed 5" in render(r, "markdown") and "check: batchnorm=false" in render(r, "html")
+    for fmt in ("markdown", "html", "latex"):
+        assert "check: batchnorm=false seed 5" in render(r, fmt), fmt
     calm = build_report(runs({"true": base, "false": [b + 0.02 for b in base]}))  # every difference 2 pp: MAD 0
     assert calm.outliers.empty and "check:" not in render(calm, "table")
