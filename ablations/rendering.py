@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ablations.report import POWER, Report, _du, _scale, load_histories
+from ablations.stats import PLAN_RESERVE
 from ablations.tracking import Tracker
 
 __all__ = ["FORMATS", "WIDTH", "figures_of", "render", "to_json", "write_plots", "write_report"]
@@ -208,15 +209,20 @@ def _outlier_lines(r: Report) -> list[str]:
     ]
 
 
+def looks_text(sizes: list[int]) -> str:
+    """Seeds per arm of planned looks, short: ``3, 5, 7`` or ``3, 5, ..., 20``."""
+    return ", ".join(map(str, sizes)) if len(sizes) <= 6 else f"{sizes[0]}, {sizes[1]}, ..., {sizes[-1]}"
+
+
 def _sequential_method(r: Report) -> str:
     """How a sequential study's intervals were made, in words (its plan, or the anytime-valid sequence alone)."""
     plan = (r.sequential or {}).get("plan") or {}
     anytime = "the anytime-valid confidence sequence (Gaussian, unknown variance; Wang & Ramdas 2023 after Lai 1976)"
     if not plan.get("looks"):
         return f"{anytime} of the mean paired difference; p: its anytime-valid p-value, Bonferroni-adjusted"
-    reserve = float(plan.get("reserve", 0.1))
+    reserve = float(plan.get("reserve", PLAN_RESERVE))
     looks = plan["looks"]
-    sizes = ", ".join(map(str, looks)) if len(looks) <= 6 else f"{looks[0]}, {looks[1]}, ..., {looks[-1]}"
+    sizes = looks_text(looks)
     return (
         f"at the {len(looks)} look{'s' if len(looks) > 1 else ''} the study's first sequential run planned "
         f"({sizes} seeds per arm), the repeated confidence interval (Pocock's constant nominal level for the t "

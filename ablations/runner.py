@@ -174,6 +174,7 @@ class _Session:
         self.study, self.data_cache, self.tried = study, {}, 0
         self.eta: Eta | None = None  # set by run_study once the budget is estimated
         self.fuse_k: dict[str, int] = {}  # arm -> seeds trained as one fused model (core.fused)
+        self.recorded_plan: dict = {}  # a sequential study's tag ablate.sequential_plan (_record_plan)
         # every cell this study may train (a sequential study: the seeds of its last look), and those of
         # the current look (what the progress bar counts)
         self.plan = study.looks()  # the seeds of each look (one look: the study's seeds)
@@ -237,6 +238,7 @@ class _Session:
             return
         tags = {} if fresh else self.tracker.client.get_run(parent).data.tags
         if PLAN_TAG in tags:
+            self.recorded_plan = json.loads(tags[PLAN_TAG])
             return
         earlier = not fresh and (
             f"{TAG}sequential_stop" in tags or _parent_config(self.tracker, parent).get("sequential") is not None
@@ -247,6 +249,7 @@ class _Session:
             else {"looks": [len(seeds) for seeds in self.plan], "reserve": PLAN_RESERVE}
         )
         self.tracker.client.set_tag(parent, PLAN_TAG, json.dumps(plan))
+        self.recorded_plan = plan
 
     def _describe(self, parent: str) -> None:
         """Record the study's current factors, seeds, metric and claims on its parent run."""
@@ -549,18 +552,16 @@ def _announce_budget(session: _Session, complete: set[str]) -> None:
 
 def _announce_plan(session: _Session) -> None:
     """Before a sequential study trains: the looks its first sequential run planned, and which looks lie beyond."""
-    from ablations.report import PLAN_TAG
+    from ablations.rendering import looks_text
 
-    tag = session.tracker.client.get_run(session.parent).data.tags.get(PLAN_TAG)
-    planned = (json.loads(tag) if tag else {}).get("looks")
+    planned = session.recorded_plan.get("looks")
     if not planned:
         tqdm.write(
             "plan: none recorded (this study looked at its data sequentially before ablate recorded plans): "
             "anytime-valid intervals at the whole alpha"
         )
         return
-    sizes = ", ".join(map(str, planned)) if len(planned) <= 6 else f"{planned[0]}, {planned[1]}, ..., {planned[-1]}"
-    line = f"plan: looks at {sizes} seeds per arm, fixed by the study's first sequential run"
+    line = f"plan: looks at {looks_text(planned)} seeds per arm, fixed by the study's first sequential run"
     beyond = [len(seeds) for seeds in session.plan if len(seeds) not in planned]
     if beyond:
         line += (

@@ -646,8 +646,8 @@ def planned_level(sizes: Sequence[int], alpha: float) -> float:
     ``PLAN_SIMULATIONS`` seeded null studies where Jennison & Turnbull 1991, "Exact calculations for
     sequential t, chi-square and F tests", Biometrika 78, integrate numerically; their 2000 book "Group
     Sequential Methods with Applications to Clinical Trials", sect. 11.4, group sequential t-tests). With
-    one look it is ``alpha``; with the default plan (looks at
-    3, 5, ..., 19, 20 seeds) and alpha 0.045 about 0.0086.
+    one look it is ``alpha``; with the default plan (looks at 3, 5, ..., 19, 20 seeds) and alpha 0.045
+    about 0.0086 (``benchmarks/sequential_error.py`` prints it).
 
     Args:
         sizes: seeds per arm at each planned look, increasing, each at least 2.
