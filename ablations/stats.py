@@ -231,7 +231,8 @@ def compare(treat: pd.Series, base: pd.Series, level: float = 0.95) -> Contrast:
     """Difference ``treat - base`` of two arms (see :func:`contrast`).
 
     Args:
-        treat, base: values indexed by seed.
+        treat: values indexed by seed.
+        base: values indexed by seed.
         level: confidence level of the interval.
 
     Returns:

@@ -228,7 +228,8 @@ def evaluate(
 
     Args:
         model: maps float (B, 3, H, W) to logits (B, C).
-        x, y: images and int64 labels, on the model's device.
+        x: uint8 images, on the model's device.
+        y: int64 labels, on the model's device.
         cfg: supplies normalisation, precision, memory format and eval batch size.
         topk: which top-k accuracies to compute.
         num_classes: when > 0, also return the confusion matrix (C, C), rows = true class.
