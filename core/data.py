@@ -10,6 +10,12 @@ Sources, detected from the path given as ``data.root`` (or ``$ABLATE_DATA`` when
 3. the torchvision format: a directory holding ``cifar-10-batches-py/`` (or that folder itself);
    with ``download=True`` a missing one is fetched by ``torchvision.datasets.CIFAR10``.
 
+When neither is set, the offline archive beside the checkout (``../shared/data/cifar10-jpeg.tar.gz``
+from the project folder or from the working directory, see :func:`beside_checkout`) is used when it
+exists; otherwise ``torchvision.datasets.CIFAR10`` downloads the torchvision format once into
+``<cache_dir>/torchvision/cifar-10-batches-py`` (progress bar, MD5 check), and later calls reuse it.
+One line on stderr says which of these was chosen.
+
 Class folders sorted by name must be :data:`CLASSES`; the label is the index. Files within a
 class folder are taken in name order (the archive's order is the original batch order).
 
@@ -27,8 +33,12 @@ import io
 import logging
 import os
 import pickle
+import shutil
+import socket
+import sys
 import tarfile
 import tempfile
+import urllib.error
 import warnings
 import zlib
 from dataclasses import dataclass, fields
@@ -46,6 +56,7 @@ __all__ = [
     "CIFAR10Tensors",
     "DataError",
     "Splits",
+    "beside_checkout",
     "default_cache_dir",
     "load_cifar10",
     "load_splits",
@@ -68,6 +79,8 @@ _LAYOUTS = (
     "(3) a directory holding cifar-10-batches-py/ (or that folder itself)"
 )
 _FIX_SOURCE = "Point data.root or $ABLATE_DATA at shared/data/cifar10-jpeg.tar.gz"
+_SHARED_ARCHIVE = Path("shared", "data", "cifar10-jpeg.tar.gz")  # beside the checkout: ../shared/...
+_announced: set[str] = set()  # default sources already named on stderr in this process
 _Found = dict[str, dict[str, list[tuple[str, bytes]]]]  # split -> class -> [(member, bytes)]
 
 
@@ -115,20 +128,27 @@ class Splits:
         return Splits(**{k: v if k == "classes" else v.to(device) for k, v in moved.items()})
 
 
-def resolve_root(root: str | None) -> Path:
+def resolve_root(root: str | None) -> Path | None:
     """Return ``root``, else ``$ABLATE_DATA``, as a path (existence is not checked).
 
-    Raises:
-        DataError: neither is set.
+    Returns:
+        The path; None when neither is set (:func:`load_cifar10` then takes the default source).
     """
     root = root or os.environ.get("ABLATE_DATA")
-    if not root:
-        raise DataError(
-            "no CIFAR-10 location: data.root is unset and $ABLATE_DATA is empty. Expected "
-            f"{_LAYOUTS}. Set data.root or export ABLATE_DATA=/path/to/cifar10-jpeg.tar.gz, or "
-            "set data.root to a folder and data.download=true to let torchvision fetch it."
-        )
-    return Path(root).expanduser()
+    return Path(root).expanduser() if root else None
+
+
+def beside_checkout() -> list[Path]:
+    """Where the offline archive is looked for when neither data.root nor $ABLATE_DATA is set.
+
+    Returns:
+        ``../shared/data/cifar10-jpeg.tar.gz`` relative to the project folder (the one holding
+        ``pyproject.toml``, where an editable install or a checkout imports ``core`` from) and
+        relative to the working directory, without duplicates, in that order; existence is not
+        checked.
+    """
+    found = [Path(__file__).resolve().parents[2] / _SHARED_ARCHIVE, Path.cwd().resolve().parent / _SHARED_ARCHIVE]
+    return list(dict.fromkeys(found))
 
 
 def default_cache_dir(cache_dir: str | None) -> Path:
@@ -145,7 +165,9 @@ def load_cifar10(
     """Load CIFAR-10 from ``root`` (see the module docstring), through the decoded cache.
 
     Args:
-        root: archive or directory; None: ``$ABLATE_DATA``.
+        root: archive or directory; None: ``$ABLATE_DATA``; when that is unset too, the archive
+            beside the checkout (:func:`beside_checkout`), else a torchvision download into
+            ``<cache_dir>/torchvision``, made once and reused.
         download: fetch the torchvision format into ``root`` when no data is found there.
         cache_dir: where decoded tensors are kept; None: ``$ABLATE_CACHE`` or ``~/.cache/ablate``.
 
@@ -153,13 +175,14 @@ def load_cifar10(
         The decoded tensors (uint8 images ``(N, 3, 32, 32)``, int64 labels), contiguous, on CPU.
 
     Raises:
-        DataError: no root, unknown layout, unreadable or incomplete data, wrong classes,
-            an image that cannot be decoded or is not 32x32, a split without images, or a
-            failed download.
+        DataError: unknown layout, unreadable or incomplete data, wrong classes, an image that
+            cannot be decoded or is not 32x32, a split without images, or a failed download
+            (with no root set and no archive beside the checkout: the message says whether the
+            network was unreachable and names the ways out).
     """
     path = resolve_root(None if root is None else str(root))
-    kind, src = _detect(path, download)
     cache = default_cache_dir(None if cache_dir is None else str(cache_dir))
+    kind, src = _detect(path, download) if path is not None else _default_source(cache)
     file = cache / f"cifar10-{_checksum(kind, src)[:16]}.pt"
     data = _load_cache(file)
     if data is None:
@@ -312,6 +335,56 @@ def _download(root: Path) -> Path:
             "(the offline JPEG copy) and leave data.download=false."
         ) from e
     return root / _TV_DIR
+
+
+def _announce(line: str) -> None:
+    if line not in _announced:
+        _announced.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def _default_source(cache: Path) -> tuple[str, Path]:
+    """The source when neither data.root nor $ABLATE_DATA is set (see the module docstring)."""
+    hint = "set data.root or $ABLATE_DATA to use another"
+    for arc in beside_checkout():
+        if arc.is_file():
+            _announce(f"CIFAR-10: {arc} (the archive beside the checkout; {hint})")
+            return "archive", arc
+    dest = cache / "torchvision" / _TV_DIR
+    if dest.is_dir():  # renamed into place only after a complete, checked download
+        _announce(f"CIFAR-10: {dest} (downloaded earlier; {hint})")
+        return "torchvision", dest
+    where = " or ".join(str(p) for p in beside_checkout())
+    _announce(f"CIFAR-10: no archive at {where}; downloading it with torchvision into {dest} (170 MB, once)")
+    try:
+        from torchvision.datasets import CIFAR10
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
+        try:
+            for train in (True, False):  # each checks the MD5 of every file
+                CIFAR10(str(tmp), train=train, download=True)
+            try:
+                os.rename(tmp / _TV_DIR, dest)
+            except OSError:  # another process finished first: use its copy
+                if not dest.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as e:
+        offline = isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)) or (
+            isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError)
+        )
+        why = "no network" if offline else "the download failed"
+        raise DataError(
+            f"no CIFAR-10: data.root and $ABLATE_DATA are unset, there is no archive at {where}, and "
+            f"downloading it with torchvision into {dest.parent} failed: {why} ({type(e).__name__}: "
+            f"{e}). Either set data.root or export ABLATE_DATA=/path/to/cifar10-jpeg.tar.gz (or a "
+            "torchvision cifar-10-batches-py folder), or put the archive at "
+            "../shared/data/cifar10-jpeg.tar.gz beside the checkout; or connect to the internet and "
+            "run again."
+        ) from e
+    return "torchvision", dest
 
 
 def _checksum(kind: str, src: Path) -> str:

@@ -296,15 +296,38 @@ def test_resolve_root_and_cache_dir(monkeypatch, tmp_path):
     assert D.resolve_root(None) == Path("/from/env.tar.gz")
     assert D.resolve_root("/given") == Path("/given")
     monkeypatch.delenv("ABLATE_DATA")
-    with pytest.raises(DataError, match="ABLATE_DATA") as err:
-        D.resolve_root(None)
-    assert "data.root" in str(err.value) and "download" in str(err.value)
+    assert D.resolve_root(None) is None  # load_cifar10 then takes the default source
     monkeypatch.delenv("ABLATE_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert D.default_cache_dir(None) == tmp_path / ".cache" / "ablate"
     monkeypatch.setenv("ABLATE_CACHE", "/env/cache")
     assert D.default_cache_dir(None) == Path("/env/cache")
     assert D.default_cache_dir("/mine") == Path("/mine")
+
+
+def test_beside_checkout_looks_next_to_the_project_and_the_working_directory(monkeypatch, tmp_path):
+    project = Path(D.__file__).resolve().parents[1]
+    assert (project / "pyproject.toml").is_file()
+    (tmp_path / "clone").mkdir()
+    monkeypatch.chdir(tmp_path / "clone")
+    assert D.beside_checkout() == [
+        project.parent / "shared" / "data" / "cifar10-jpeg.tar.gz",
+        tmp_path / "shared" / "data" / "cifar10-jpeg.tar.gz",
+    ]
+
+
+def test_unset_root_takes_the_archive_beside_the_checkout(jpeg_tree, tmp_path, monkeypatch, capsys):
+    tree, expected = jpeg_tree
+    arc = _tar(tree, tmp_path / "cifar10-jpeg.tar.gz")
+    monkeypatch.delenv("ABLATE_DATA", raising=False)
+    monkeypatch.setattr(D, "beside_checkout", lambda: [tmp_path / "absent.tar.gz", arc])
+    monkeypatch.setattr("torchvision.datasets.CIFAR10", None)  # no download is attempted
+    _check(D.load_cifar10(cache_dir=tmp_path / "cache"), expected, atol=3)
+    err = capsys.readouterr().err
+    assert f"CIFAR-10: {arc} (the archive beside the checkout" in err and len(err.splitlines()) == 1
+    monkeypatch.setenv("ABLATE_DATA", str(tmp_path / "elsewhere.tar.gz"))  # a set location wins
+    with pytest.raises(DataError, match="elsewhere.tar.gz does not exist"):
+        D.load_cifar10(cache_dir=tmp_path / "cache")
 
 
 # --- splits -----------------------------------------------------------------------------------
