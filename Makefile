@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision: pip takes the versions this machine holds; elsewhere pip picks a build for your platform.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint run report ui bench gpu-check gpu-bundle clean
+.PHONY: install test lint run report ui bench gpu-check gpu-bundle docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -30,8 +30,10 @@ report: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/ablate ui
 
+# PRECISION: train.precision of the engine's rows, comma-separated (make bench PRECISION=fp32,bf16: both, alternating)
+PRECISION ?= auto
 bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/throughput.py --precision $(PRECISION)
 
 # The CUDA path end to end on a GPU machine (tests incl. `cuda`, benchmarks, batchnorm studies); on a CPU as far as it can.
 gpu-check: $(STAMP)
@@ -40,6 +42,13 @@ gpu-check: $(STAMP)
 # What a lent, offline GPU machine needs (wheels for its Python, the archive) in .gpu/: see benchmarks/gpu_device.sh.
 gpu-bundle: $(STAMP)
 	PIP=$(BIN)/pip benchmarks/gpu_bundle.sh
+
+# The documentation site (docs/, mkdocs.yml): built into site/ with every warning an error, or served on loopback.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
