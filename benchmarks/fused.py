@@ -21,6 +21,11 @@ needs no data set. Usage::
 
     python benchmarks/fused.py [--device auto] [--models cnn4,resnet18] [--ks 1,2,4,8,16]
                                [--steps N] [--warmup N] [--batch B] [--compile off|on|both]
+                               [--precision auto|fp32|bf16|fp32,bf16]
+
+``--precision`` takes ``train.precision`` values, comma-separated (``auto``: what the engine picks
+on this device, ``core.precision``); each precision gets its own rows, and its ratio column is
+against eager K = 1 in that precision.
 
 Defaults: batch 128, 10 timed steps after 2 warm-up steps on CUDA; batch 32, 2 steps after 1 on
 the CPU, so that the whole table takes a few minutes there.
@@ -39,7 +44,8 @@ from core.config import RunConfig, apply_overrides
 from core.data import CLASSES, Splits
 from core.fused import Single, Stacked
 from core.models import create_model
-from core.train import Callback, fit_many, resolve_config, select_device
+from core.precision import PRECISIONS, cpu_summary, resolve_precision
+from core.train import Callback, autocast_context, fit_many, resolve_config, select_device
 
 
 def _sync(device: torch.device) -> None:
@@ -76,7 +82,7 @@ def _splits(n_train: int) -> Splits:
 
 
 def _cpu_memory_estimate(cfg: RunConfig, k: int, batch: int) -> float:
-    """MiB of one training step's tensors for K fused replicas (see the module docstring)."""
+    """MiB of one training step's tensors for K fused replicas (see the module docstring), in the run's precision."""
     models = [create_model(cfg.model, seed=s) for s in range(k)]
     reps = Single(models[0]) if k == 1 else Stacked(models, torch.device("cpu"))
     reps.train()
@@ -93,7 +99,8 @@ def _cpu_memory_estimate(cfg: RunConfig, k: int, batch: int) -> float:
         return t
 
     x = torch.zeros(k, batch, 3, 32, 32)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    autocast, _ = autocast_context(cfg, torch.device("cpu"))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         logits = reps(x)
         loss = F.cross_entropy(logits.flatten(0, 1), torch.zeros(k * batch, dtype=torch.long))
     loss.backward()
@@ -139,6 +146,7 @@ def main() -> None:
     parser.add_argument(
         "--compile", choices=("off", "on", "both"), default="off", help="train.compile of the rows (both: each K twice)"
     )
+    parser.add_argument("--precision", default="auto", help="train.precision of the rows, comma-separated: fp32,bf16")
     args = parser.parse_args()
 
     device = select_device(args.device)
@@ -149,31 +157,49 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     name = torch.cuda.get_device_name(device) if on_gpu else f"cpu, {torch.get_num_threads()} threads"
     cuda = f", CUDA {torch.version.cuda}" if on_gpu else ""
+    precisions = []
+    for p in args.precision.split(","):
+        if p not in ("auto", *PRECISIONS):
+            raise SystemExit(f"Error: --precision takes auto, {', '.join(PRECISIONS)} (comma-separated), not {p!r}")
+        if resolve_precision(p, device) not in precisions:
+            precisions.append(resolve_precision(p, device))
     print(f"device {device} ({name}), torch {torch.__version__}{cuda}")
-    print(f"batch {batch} per seed, {steps} timed steps after {warmup} warm-up, default precision and memory format")
+    if device.type == "cpu":
+        print(cpu_summary())
+    print(f"batch {batch} per seed, {steps} timed steps after {warmup} warm-up, default memory format")
     mem_label = "GPU MiB (peak)" if on_gpu else "MiB (estimate)"
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     print(
-        f"{'model':10s} {'K':>3s} {'compile':>7s} {'images/s':>10s} {'per seed':>9s} {mem_label:>15s} "
-        f"{'warm-up s':>9s} {'vs sequential':>14s}"
+        f"{'model':10s} {'precision':>9s} {'K':>3s} {'compile':>7s} {'images/s':>10s} {'per seed':>9s} "
+        f"{mem_label:>15s} {'warm-up s':>9s} {'vs sequential':>14s}"
     )
     for model in args.models.split(","):
-        cfg = apply_overrides(
-            RunConfig(), {"model.name": model, "train.device": str(device), "train.batch_size": batch}
-        )
-        single = None  # eager K = 1: one seed at a time, the old way
-        for compiled in modes:
-            for k in ks:
-                try:
-                    rate, mem, warm = measure(copy.deepcopy(cfg), k, warmup, steps, device, compiled)
-                except torch.OutOfMemoryError:
-                    print(f"{model:10s} {k:3d} {'out of memory':>10s}")
-                    break
-                if k == 1 and not compiled:
-                    single = rate
-                ratio = f"{rate / single:13.2f}x" if single else f"{'(no eager K=1)':>14s}"
-                flag = "on" if compiled else "off"
-                print(f"{model:10s} {k:3d} {flag:>7s} {rate:10.0f} {rate / k:9.0f} {mem:15.0f} {warm:9.1f} {ratio}")
+        for precision in precisions:
+            cfg = apply_overrides(
+                RunConfig(),
+                {
+                    "model.name": model,
+                    "train.device": str(device),
+                    "train.batch_size": batch,
+                    "train.precision": precision,
+                },
+            )
+            single = None  # eager K = 1: one seed at a time, the old way
+            for compiled in modes:
+                for k in ks:
+                    try:
+                        rate, mem, warm = measure(copy.deepcopy(cfg), k, warmup, steps, device, compiled)
+                    except torch.OutOfMemoryError:
+                        print(f"{model:10s} {precision:>9s} {k:3d} {'out of memory':>10s}")
+                        break
+                    if k == 1 and not compiled:
+                        single = rate
+                    ratio = f"{rate / single:13.2f}x" if single else f"{'(no eager K=1)':>14s}"
+                    flag = "on" if compiled else "off"
+                    print(
+                        f"{model:10s} {precision:>9s} {k:3d} {flag:>7s} {rate:10.0f} {rate / k:9.0f} {mem:15.0f} "
+                        f"{warm:9.1f} {ratio}"
+                    )
 
 
 if __name__ == "__main__":
