@@ -101,7 +101,7 @@ def check_shared_stores(tracking_uri: str, storage: str) -> None:
         raise SlurmError(
             "--launcher slurm runs workers on other nodes, which cannot share local or SQLite stores: "
             + "; ".join(bad)
-            + ". See the README, 'Many machines' and 'Slurm'."
+            + ". See docs/scaling.md, 'Many machines' and 'Slurm'."
         )
 
 

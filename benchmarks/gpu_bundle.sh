@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make gpu-bundle`: what a lent GPU machine needs to run `make gpu-check`, in .gpu/ (git-ignored).
 #
-# The library's device machines (see README "Seeds side by side (fused training) and the GPU")
+# Offline GPU machines (see docs/gpu.md, "On an offline GPU machine")
 # start bare, offline, with their own Python and torch but without MLflow, Optuna or pydantic.
 # This script, run here where pip reaches a registry, puts into .gpu/:
 #   wheels/                 the project's dependencies that such a machine lacks, for its Python

@@ -4,7 +4,7 @@
 # On a machine with CUDA, each a step of GPU_CHECK_STEPS (default: all but full):
 #   tests          the tests marked `cuda` (all in tests/test_fused.py), on the machine's own torch
 #                  (GPU_CHECK_TESTS overrides the pytest arguments; the CPU tests are CI's, and the
-#                  engine's pass on torch 2.11, the GPU image's: see the README's Tests section);
+#                  engine's pass on torch 2.11, the GPU image's: see docs/development.md, Torch versions);
 #   throughput     benchmarks/throughput.py --device cuda (needs ABLATE_DATA);
 #   fused          benchmarks/fused.py --device cuda: K = 1, 2, 4, 8, 16 for cnn4 and resnet18, eager;
 #   fused-compile  benchmarks/fused.py --compile both for cnn4 at K = 1 and 8 (GPU_CHECK_COMPILE

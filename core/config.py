@@ -144,11 +144,12 @@ class TrainConfig(_Section):
     early_stopping: int | None = None  # stop after this many epochs without a better val loss (seed 003)
     # Seeds of one config trained side by side as one fused model (core.fused): "off", a group size
     # K, or "auto" (on CUDA as many as fit in free memory, up to 16; one at a time on the CPU, where
-    # benchmarks/fused.py measured no gain). Results are the same as one at a time (to rounding).
+    # benchmarks/fused.py measured it slower: docs/performance.md). Results are the same as one at a time.
     fuse_seeds: Literal["auto", "off"] | int = "auto"
     # torch.compile the forward pass (the fused one too: vmap over functional_call compiles as one
-    # graph). Off by default: on this project's 2-core CPU, cnn4 stepped 1.03x faster compiled but
-    # took 109 s to compile (benchmarks/fused.py --compile both); no GPU has measured it yet (make gpu-check does).
+    # graph). Off by default: on a 2-core x86-64 CPU (torch 2.14.1, 2026-12-03) cnn4 stepped 1.03x faster compiled
+    # but took 109 s to compile (benchmarks/fused.py --compile both: docs/performance.md); no GPU has measured it
+    # yet (make gpu-check does).
     compile: Literal["off", "on"] = "off"
 
     @field_validator("fuse_seeds")

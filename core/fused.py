@@ -297,8 +297,8 @@ def fuse_group_size(cfg: RunConfig, n_seeds: int, device: torch.device) -> tuple
     """How many seeds of ``cfg`` to train as one fused model, and why.
 
     ``train.fuse_seeds``: ``off`` -> 1; an int K -> min(K, n_seeds); ``auto`` -> on CUDA, as many
-    as fit in free memory (at most :data:`MAX_AUTO_K`), elsewhere 1 (``benchmarks/fused.py`` on
-    this project's CPU found fused no faster than one at a time; see the README). Any setting
+    as fit in free memory (at most :data:`MAX_AUTO_K`), elsewhere 1 (``benchmarks/fused.py`` found
+    fused slower than one at a time on 2-core CPUs; see docs/performance.md). Any setting
     gives 1 when :func:`unfusable_reason` names a reason.
 
     Args:

@@ -1,7 +1,7 @@
 """Faults in the services and the disk lose nothing: real processes, the real archive, the smoke budget.
 
 Each test starts what it breaks itself (an MLflow tracking server, a PostgreSQL cluster, a small tmpfs),
-so it needs no other service; each promise is stated in the README's crash section.
+so it needs no other service; each promise is stated in docs/faults.md.
 """
 
 import os
