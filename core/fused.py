@@ -106,34 +106,62 @@ class _AutocastUnderVmap(TorchFunctionMode):
       ``vmap``'s batching rule for ``batch_norm`` refuses that mix of dtypes, so the input is cast
       up first.
 
+    With ``dtype`` None (no autocast) nothing is cast. In both cases ``batch_norm`` in evaluation
+    (running statistics) is computed as its definition, ``(x - mean) / sqrt(var + eps) * w + b``,
+    with elementwise ops: on CUDA (torch 2.11, H200) ``vmap``'s rule for ``batch_norm`` asks cuDNN's
+    path whether a channels_last input is contiguous, which functorch does not implement
+    ("NYI: querying is_contiguous inside of vmap for memory_format other than
+    torch.contiguous_format"), so every fused evaluation failed there.
+
     Everything else (ReLU, pooling, dropout, the residual adds) follows its inputs' dtype in both.
     """
 
     LOW = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear, torch.matmul})
+    BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype | None) -> None:
         super().__init__()
         self.dtype = dtype
 
     def _low(self, a):
-        return a.to(self.dtype) if isinstance(a, Tensor) and a.is_floating_point() else a
+        # autocast casts float32 (and the other low precision), never float64
+        eligible = isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64
+        return a.to(self.dtype) if eligible else a
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in self.LOW:
+        if func in self.LOW and self.dtype is not None:
             return func(*map(self._low, args), **{k: self._low(v) for k, v in kwargs.items()})
-        if func is F.batch_norm and args and args[0].dtype == self.dtype:
-            stats = next((a for a in args[1:] if isinstance(a, Tensor) and a.is_floating_point()), None)
-            wide = stats.dtype if stats is not None else torch.float32  # the statistics' dtype: float32
-            return func(args[0].to(wide), *args[1:], **kwargs).to(self.dtype)
+        if func is F.batch_norm and args:
+            bn = {"weight": None, "bias": None, "training": False, "eps": 1e-5}
+            bn.update(zip(self.BN_ARGS, args))
+            bn.update(kwargs)
+            x, mean, var = bn["input"], bn["running_mean"], bn["running_var"]
+            if not bn["training"] and mean is not None and var is not None:
+                shape = (1, -1) + (1,) * (x.dim() - 2)  # (1, C, 1, 1) for (B, C, H, W)
+                y = (x.to(mean.dtype) - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn["eps"])
+                if bn["weight"] is not None:
+                    y = y * bn["weight"].view(shape)
+                if bn["bias"] is not None:
+                    y = y + bn["bias"].view(shape)
+                return y.to(x.dtype)
+            if x.dtype == self.dtype:
+                wide = mean.dtype if isinstance(mean, Tensor) else torch.float32  # the statistics' dtype
+                return func(x.to(wide), *args[1:], **kwargs).to(self.dtype)
         return func(*args, **kwargs)
 
 
-def _autocast_ops(x: Tensor):
-    """:class:`_AutocastUnderVmap` for autocast's dtype when autocast is on for ``x``'s device, else nothing."""
+def _autocast_ops(x: Tensor, training: bool = True):
+    """:class:`_AutocastUnderVmap` for autocast's dtype (None when autocast is off for ``x``'s device).
+
+    Entered when autocast is on, or in evaluation (``training`` False), where ``batch_norm`` needs it
+    on CUDA; else nothing.
+    """
     kind = x.device.type
     if torch.is_autocast_enabled(kind):
         return _AutocastUnderVmap(torch.get_autocast_dtype(kind))
+    if not training:
+        return _AutocastUnderVmap(None)
     return contextlib.nullcontext()
 
 
@@ -170,11 +198,11 @@ class Stacked:
         return functional_call(self.base, (params, buffers), (x,))
 
     def __call__(self, x: Tensor) -> Tensor:
-        with _autocast_ops(x):
+        with _autocast_ops(x, self.base.training):
             return self._each(self.params, self.buffers, x)
 
     def shared(self, x: Tensor) -> Tensor:
-        with _autocast_ops(x):
+        with _autocast_ops(x, self.base.training):
             return self._shared(self.params, self.buffers, x)
 
     def train(self, mode: bool = True) -> None:
