@@ -52,7 +52,8 @@ def calibrate(cfg: RunConfig, splits: Splits, steps: int = CALIBRATION_STEPS) ->
     """Training speed of ``cfg`` on this device, in images per second, from ``steps`` optimiser steps.
 
     Args:
-        cfg: a cell's resolved config (its device, model, batch size and precision are used).
+        cfg: a cell's resolved config (its device, model, batch size and precision are used:
+            ``train.precision`` auto trains, and is timed, in what it resolves to on this device).
         splits: the study's data (uint8 tensors); only ``steps`` batches of it are used.
         steps: optimiser steps to time.
 
@@ -87,11 +88,18 @@ class Budget:
         device: where the study trains (``cpu``, ``cuda:0``, ...).
         speed: arm -> training images per second measured by :func:`calibrate`.
         cell_seconds: arm -> estimated seconds per cell.
+        precision: arm -> the precision its calibration (and its cells) train in on this device:
+            ``train.precision`` resolved (``bf16``, ``fp32`` or ``fp16``; ``core.precision``).
     """
 
     device: str
     speed: dict[str, float] = field(default_factory=dict)
     cell_seconds: dict[str, float] = field(default_factory=dict)
+    precision: dict[str, str] = field(default_factory=dict)
+
+    def precisions(self) -> str:
+        """The arms' resolved precisions in words: ``bf16``, or ``fp32 and bf16`` when arms differ."""
+        return " and ".join(dict.fromkeys(self.precision.values()))
 
     def seconds(self, cells: list[Cell]) -> float:
         """Estimated wall time of ``cells`` (one after another), in seconds."""
@@ -113,6 +121,7 @@ def estimate(study: Study, splits: Splits, arms: list[Cell] | None = None) -> Bu
     Raises:
         core.train.DivergedError: a calibration diverged.
     """
+    from core.precision import resolve_precision
     from core.train import select_device
 
     if arms is None:
@@ -129,6 +138,7 @@ def estimate(study: Study, splits: Splits, arms: list[Cell] | None = None) -> Bu
         speed = calibrate(cfg, splits)
         overhead = time.perf_counter() - t0 - CALIBRATION_STEPS * cfg.train.batch_size / speed
         budget.speed[cell.arm] = speed
+        budget.precision[cell.arm] = resolve_precision(cfg.train.precision, select_device(cfg.train.device))
         # model creation, logging and checkpointing: about what the calibration spent outside its steps
         budget.cell_seconds[cell.arm] = _cell_images(cfg, n_train, n_val, n_test) / speed + max(overhead, 0.0)
     return budget

@@ -37,7 +37,7 @@ from ablations.search import (
     stale_reason,
 )
 from ablations.study import Cell, Study
-from ablations.tracking import TAG, Tracker, git_commit
+from ablations.tracking import PRECISION_TAG, TAG, Tracker, git_commit
 from core.config import DataConfig, RunConfig, config_hash, flatten
 from core.data import Splits, load_splits
 from core.train import Callback, DivergedError, FitResult, fit_many
@@ -542,7 +542,8 @@ def _announce_budget(session: _Session, complete: set[str]) -> None:
     line = f"budget: {len(first)} cell(s) to train, about {format_seconds(budget.seconds(first))}"
     if study.sequential is not None:
         line += f" for the first look, up to {len(cap)} cell(s) and {format_seconds(budget.seconds(cap))} at the cap"
-    tqdm.write(f"{line} (on {budget.device}: images/s {speed}, measured just now)")
+    held = f" in {budget.precisions()}" if budget.precision else ""  # train.precision as resolved on this device
+    tqdm.write(f"{line} (on {budget.device}: images/s {speed}{held}, measured just now)")
     if budget.device == "cpu" and budget.seconds(first) > GPU_BUDGET_S:
         hint = "that is a GPU budget"
         if study.profile != "quick" and "quick" in _profiles(study):
@@ -674,7 +675,15 @@ def _diverged(tracker, ostudy, cell: Cell, trial, run_id: str, exc: DivergedErro
 
 
 def _start_cell_run(session: _Session, cell: Cell, trial, cfg: RunConfig) -> str:
-    """Create the cell's MLflow child run (params, tags) and link it to its trial; return its ID."""
+    """Create the cell's MLflow child run (params, tags) and link it to its trial; return its ID.
+
+    The tag ``ablate.precision`` holds the precision the run trains in, ``train.precision`` resolved
+    on this worker's device (``auto`` -> ``bf16`` or ``fp32``, ``core.precision``); the param keeps
+    the study's setting, so the study key and its cells stay the same on any host.
+    """
+    from core.precision import resolve_precision
+    from core.train import select_device
+
     params = {**flatten(cfg), **{f"factor.{k}": level_label(v) for k, v in cell.levels.items()}}
     run_id = session.tracker.start_cell(
         session.exp_id,
@@ -687,6 +696,7 @@ def _start_cell_run(session: _Session, cell: Cell, trial, cfg: RunConfig) -> str
             f"{TAG}arm": cell.arm,
             f"{TAG}seed": str(cell.seed),
             f"{TAG}config_hash": config_hash(cfg),
+            PRECISION_TAG: resolve_precision(cfg.train.precision, select_device(cfg.train.device)),
             "optuna.trial_number": str(trial.number),
         },
     )

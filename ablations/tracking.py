@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "EXPERIMENT_KIND_TAG",
     "MODEL_TRAINING",
+    "PRECISION_TAG",
     "StoreNotFoundError",
     "Tracker",
     "git_commit",
@@ -30,6 +31,7 @@ __all__ = [
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG = "ablate."  # prefix of this project's tags
+PRECISION_TAG = f"{TAG}precision"  # on a cell's run: the precision it trained in (bf16, fp32, fp16; never auto)
 # MLflow 3's UI opens an experiment in its GenAI mode (traces) unless this experiment tag says
 # "machine learning" (the value its UI's experiment-kind selector writes for model training).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

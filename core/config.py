@@ -138,7 +138,7 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(1000, ge=1)  # larger is faster; does not change results
     seed: int = 0  # torch, numpy and Python RNGs, data order and augmentation
     device: str = "auto"  # auto: CUDA, then Apple MPS, then CPU; or "cpu", "cuda:1", ...
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA and native-bf16 CPUs, else fp32
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and CPU, off for MPS
     max_steps: int | None = None  # stop each epoch after this many batches (benchmarks, smoke)
     early_stopping: int | None = None  # stop after this many epochs without a better val loss (seed 003)

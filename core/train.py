@@ -36,6 +36,7 @@ from core.data import Splits, load_splits
 from core.fused import Single, Stacked, fuse_group_size, per_replica_topk
 from core.metrics import confusion_matrix, per_class_accuracy
 from core.models import create_model, resolve_model_config
+from core.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +161,14 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast_context(cfg: RunConfig, device: torch.device):
-    """``(context manager, use_grad_scaler)`` for ``train.precision`` on ``device`` (auto: bf16 on CUDA)."""
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    """``(context manager, use_grad_scaler)`` for ``train.precision`` on ``device``.
+
+    ``auto`` resolves as :func:`core.precision.resolve_precision` says: bf16 on CUDA and on a CPU
+    that computes bf16 natively (AVX512-BF16 or AMX), fp32 elsewhere. bf16 and fp16 are
+    ``torch.autocast``: convolutions and matrix products in the low precision, the loss,
+    BatchNorm's statistics and the weights (so the optimiser's state) in fp32.
+    """
+    precision = resolve_precision(cfg.train.precision, device)
     if precision == "fp32":
         return nullcontext(), False
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -18,7 +18,14 @@ from tests.conftest import tiny_splits
 CPU = torch.device("cpu")
 TIMING = ("epoch_seconds", "images_per_s")
 TOL = (1e-6, 1e-9)  # rtol, atol in float64 (see the float64 fixture)
-BASE = {"train.epochs": 2, "train.batch_size": 16, "train.device": "cpu", "train.fuse_seeds": 8}
+# fp32 unless a test says otherwise: auto is bf16 on a CPU with native bf16 (core.precision), fp32 elsewhere
+BASE = {
+    "train.epochs": 2,
+    "train.batch_size": 16,
+    "train.device": "cpu",
+    "train.fuse_seeds": 8,
+    "train.precision": "fp32",
+}
 
 
 @pytest.fixture
@@ -317,7 +324,7 @@ def test_fused_on_cuda_matches_separate_on_cuda(name):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_fuses_on_cuda_and_bf16_runs():
-    cfg = resolve_config(_cfg(**{"train.device": "cuda", "train.fuse_seeds": "auto"}))
+    cfg = resolve_config(_cfg(**{"train.device": "cuda", "train.fuse_seeds": "auto", "train.precision": "auto"}))
     k, why = fuse_group_size(cfg, 8, torch.device("cuda"))
     assert k > 1, why
     results = fit_many(cfg, list(range(k)), tiny_splits())
@@ -349,7 +356,15 @@ def test_compiled_fused_forward_gives_the_eager_results(float64):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_fused_on_cuda_matches_eager_in_bf16():
     splits = tiny_splits(n_train=256, n_val=64, n_test=64)
-    cfg = _cfg(**{"train.device": "cuda", "train.batch_size": 64, "optim.name": "sgd", "optim.lr": 0.02})
+    cfg = _cfg(
+        **{
+            "train.device": "cuda",
+            "train.batch_size": 64,
+            "optim.name": "sgd",
+            "optim.lr": 0.02,
+            "train.precision": "auto",  # bf16 on CUDA
+        }
+    )
     eager = fit_many(cfg, [0, 1, 2, 3], splits)
     compiled = fit_many(apply_overrides(cfg, {"train.compile": "on"}), [0, 1, 2, 3], splits)
     for c, e in zip(compiled, eager, strict=True):

@@ -15,7 +15,7 @@ STUDY = """\
 name: tinyfuse
 question: does BatchNorm matter?
 base: {{train.epochs: 2, train.batch_size: 16, train.device: cpu, optim.name: sgd, optim.lr: 0.01,
-        train.fuse_seeds: {fuse}}}
+        train.fuse_seeds: {fuse}, train.precision: fp32}}
 factors:
   batchnorm: [true, false]
 seeds: [0, 1]
