@@ -67,6 +67,7 @@ from tqdm import tqdm
 
 from ablations.factors import level_label
 from ablations.plots import learning_curves
+from ablations.progress import EpochLines, epoch_lines_wanted
 from ablations.runner import MlflowEpochs, splits_for
 from ablations.samplers import PER_TRIAL_SEED, SearchSpecError, grid_size, grid_space, make_pruner, make_sampler
 from ablations.search import GRACE_S, claim, fail_stale_trials, rdb_storage, stale_reason
@@ -350,7 +351,8 @@ def run_search(
         study: a validated study with a ``search`` block (see ``ablations.study.load_study``).
         tracking_uri: MLflow tracking URI (default: ``sqlite:///mlruns/mlflow.db``).
         storage: Optuna storage URL (default: ``sqlite:///mlruns/optuna.db``).
-        progress: show tqdm bars (on a terminal only).
+        progress: show progress: tqdm bars on a terminal, one line per epoch of each run where stdout
+            or stderr is not one (``ablations.progress``); ``False``: neither.
 
     Returns:
         A :class:`SearchSummary`, one :class:`ArmSearch` per arm.
@@ -525,8 +527,12 @@ class _Search:
         trial.set_user_attr("mlflow_run_id", run_id)
         pruning = PruningCallback(trial, self.study.metric.name)
         bar = _EpochBar(label, self.progress)
+        # Where the bars are not drawn (a log, not a terminal): one line per epoch, before the pruner may stop it.
+        lines = [EpochLines(tags[f"{TAG}cell"])] if self.progress and epoch_lines_wanted() else []
         try:
-            result = fit(cfg, splits_for(cfg.data, self.cache), [MlflowEpochs(self.tracker, run_id), pruning, bar])
+            result = fit(
+                cfg, splits_for(cfg.data, self.cache), [MlflowEpochs(self.tracker, run_id), *lines, pruning, bar]
+            )
             value = result.value(self.study.metric.name)  # test_* of the kept weights, else its epoch
             self._log_result(run_id, label, result, value)
         except optuna.TrialPruned:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ablations.budget import GPU_BUDGET_S, Eta, estimate, format_seconds
 from ablations.factors import level_label
 from ablations.plots import learning_curves
+from ablations.progress import EpochLines, epoch_lines_wanted
 from ablations.search import (
     Heartbeat,
     cell_params,
@@ -326,12 +327,12 @@ class _Session:
                 if cell is None:  # a queued cell from an older version of the file
                     self.ostudy.tell(trial, state=TrialState.FAIL)
                     continue
-                label = f"[{len(self.complete_keys() & self.scope) + 1}/{total}] {cell.key}"
+                place = len(self.complete_keys() & self.scope) + 1  # this cell is [place/total]
                 t_cell = time.monotonic()
                 group = [(cell, trial)]
                 try:
                     group = self._fused_group(cell, trial)  # up to K queued seeds of this arm, or just this one
-                    _run_group(self, group, summary, progress, label)
+                    _run_group(self, group, summary, progress, place, total)
                 except BaseException:  # e.g. the tracking server went away before the run existed
                     for _, t in group:
                         _fail_if_running(self.ostudy, t)
@@ -422,7 +423,8 @@ def run_study(
         study: a validated study (see ``ablations.study.load_study``).
         tracking_uri: MLflow tracking URI (default: ``sqlite:///mlruns/mlflow.db``).
         storage: Optuna storage URL (default: ``sqlite:///mlruns/optuna.db``).
-        progress: show tqdm bars (on a terminal only).
+        progress: show progress: tqdm bars on a terminal, one line per epoch of each run where stdout
+            or stderr is not one (``ablations.progress``); ``False``: neither.
         workers: with more than 1, start that many ``ablate worker`` processes that share
             the queue (each limits its torch threads to cores / workers); this process
             only queues the cells and waits.
@@ -706,7 +708,7 @@ def _start_cell_run(session: _Session, cell: Cell, trial, cfg: RunConfig) -> str
 
 
 def _run_group(
-    session: _Session, group: list[tuple[Cell, Any]], summary: RunSummary, progress: bool, label: str
+    session: _Session, group: list[tuple[Cell, Any]], summary: RunSummary, progress: bool, place: int, total: int
 ) -> None:
     """Train one cell, or the seeds of one arm as one fused model (``core.train.fit_many``), each its own run and trial.
 
@@ -720,9 +722,18 @@ def _run_group(
     cells, trials = [c for c, _ in group], [t for _, t in group]
     cfg = study.cell_config(cells[0])
     run_ids = [_start_cell_run(session, c, t, study.cell_config(c)) for c, t in group]
+    labels = [f"[{place + i}/{total}] {c.key}" for i, c in enumerate(cells)]  # the cells' places in the study
     fused = f" (+{len(group) - 1} seeds fused)" if len(group) > 1 else ""
-    bar = _Progress(label + fused) if progress else None
-    callbacks = [[MlflowEpochs(tracker, rid)] + ([bar] if bar and i == 0 else []) for i, rid in enumerate(run_ids)]
+    bar = _Progress(labels[0] + fused) if progress else None
+    # Where the bar is not drawn (a log, not a terminal): one line per epoch of every seed.
+    lines = progress and epoch_lines_wanted()
+    in_group = f" ({len(group)} seeds fused)" if len(group) > 1 else ""
+    callbacks = [
+        [MlflowEpochs(tracker, rid)]
+        + ([bar] if bar and i == 0 else [])
+        + ([EpochLines(labels[i] + in_group)] if lines else [])
+        for i, rid in enumerate(run_ids)
+    ]
     try:
         with ExitStack() as beats:
             for t in trials:
