@@ -312,7 +312,12 @@ def test_a_model_that_breaks_in_bf16_trains_one_seed_at_a_time(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["cnn4", "resnet18"])
-def test_fused_on_cuda_matches_separate_on_cuda(name):
+def test_fused_on_cuda_matches_separate_on_cuda(name, monkeypatch):
+    # cuDNN's fp32 convolutions default to TF32 (10-bit mantissa), whose rounding differs between the
+    # grouped and the plain convolution: on an H200 (torch 2.11) the first conv's weights of cnn4 differed
+    # beyond 1e-2 after two epochs with TF32 on. Full fp32 leaves only the order of sums.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     splits = tiny_splits(n_train=64, n_val=16, n_test=16)
     cfg = _cfg(**{"model.name": name, "train.device": "cuda", "train.precision": "fp32", "optim.name": "sgd"})
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 0.02})})
