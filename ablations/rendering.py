@@ -209,6 +209,43 @@ def _outlier_lines(r: Report) -> list[str]:
     ]
 
 
+def _seed_list(seeds: list[int]) -> str:
+    """``0, 1, 2`` or ``0-9``: sorted seeds, a run of consecutive ones as a range."""
+    seeds = sorted(set(seeds))
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _precision_lines(r: Report) -> list[str]:
+    """A line naming the runs of each precision when runs that should share one do not (``Report.mixed_precision``)."""
+    mix = r.mixed_precision
+    if mix is None or mix.empty:
+        return []
+    groups = []
+    for precision, runs in mix.groupby("precision", sort=False):
+        arms = "; ".join(
+            f"{arm or 'the run'} seed{'s' if len(g) > 1 else ''} {_seed_list(g['seed'].tolist())}"
+            for arm, g in runs.groupby("arm", sort=False)
+        )
+        groups.append(f"{precision}: {len(runs)} run{'s' if len(runs) > 1 else ''} ({arms})")
+    unrecorded = (
+        " (not recorded: trained before ablate tagged the precision; auto was then fp32 on a CPU, bf16 on CUDA)"
+        if (mix["precision"] == "not recorded").any()
+        else ""
+    )
+    return [
+        f"check: runs trained in different precisions (MLflow tag ablate.precision), so the comparison mixes "
+        f"bf16 and fp32 rounding with the factor's effect: {'; '.join(groups)}{unrecorded}; train them in one "
+        f"precision (--set train.precision=fp32 or bf16) or compare within one (ablate runs {r.runs.study})"
+    ]
+
+
+def _check_lines(r: Report) -> list[str]:
+    """The report's check lines: runs in mixed precisions, then per-seed outliers."""
+    return [*_precision_lines(r), *_outlier_lines(r)]
+
+
 def looks_text(sizes: list[int]) -> str:
     """Seeds per arm of planned looks, short: ``3, 5, 7`` or ``3, 5, ..., 20``."""
     return ", ".join(map(str, sizes)) if len(sizes) <= 6 else f"{sizes[0]}, {sizes[1]}, ..., {sizes[-1]}"
@@ -357,6 +394,7 @@ def to_json(r: Report) -> dict:
             },
             "runs": sr.runs.reindex(columns=["arm", "seed", "run_id", sr.metric]).to_dict("records"),
             "outliers": r.outliers.to_dict("records"),
+            "mixed_precision": r.mixed_precision.to_dict("records"),
             "arms": r.arms.to_dict("records"),
             "effects": r.effects.to_dict("records"),
             "claims": r.claims.to_dict("records"),
@@ -400,9 +438,11 @@ def _terminal(r: Report) -> str:
             if not rows.empty:
                 out += ["", title, table(rows, widths=[30] + [None] * (rows.shape[1] - 1))]
         out += ["", "verdicts", table(d["verdicts"], widths=[30, 26, 36])]
-        checks = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _outlier_lines(r)]
+        checks = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _check_lines(r)]
         out += [""] + checks if checks else []
         out += ["", textwrap.fill(_methods(r), WIDTH)]
+    elif _precision_lines(r):  # no comparison, but the arms' numbers mix precisions
+        out += [""] + [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _precision_lines(r)]
     if not r.claims.empty:
         if r.sequential is not None:
             out += [
@@ -429,7 +469,9 @@ def _markdown(r: Report) -> str:
     parts = ["\n".join(_head(r)).replace("\n", "  \n"), "### Arms", d["arms"].to_markdown(index=False)]
     if not r.effects.empty:
         eff = d["effects"].merge(d["verdicts"], on="effect")
-        parts += ["### Effects", eff.to_markdown(index=False), *_outlier_lines(r), _methods(r)]
+        parts += ["### Effects", eff.to_markdown(index=False), *_check_lines(r), _methods(r)]
+    else:
+        parts += _precision_lines(r)
     if not r.claims.empty:
         parts += ["### Claims", d["claims"].to_markdown(index=False)]
     return "\n\n".join(parts) + "\n"
@@ -438,8 +480,8 @@ def _markdown(r: Report) -> str:
 def _latex(r: Report) -> str:
     d = _display(r)
     parts = ["% " + line for line in _head(r)]
-    if not r.effects.empty:
-        parts += ["% " + line for text in [*_outlier_lines(r), _methods(r)] for line in textwrap.wrap(text, WIDTH)]
+    texts = [*_check_lines(r), _methods(r)] if not r.effects.empty else _precision_lines(r)
+    parts += ["% " + line for text in texts for line in textwrap.wrap(text, WIDTH)]
     eff = d["effects"].merge(d["verdicts"], on="effect") if not r.effects.empty else None
     for name, df in (("arms", d["arms"]), ("effects", eff), ("claims", d["claims"] if not r.claims.empty else None)):
         if df is None:
@@ -457,7 +499,9 @@ def _html(r: Report) -> str:
     body += ["<h2>Arms</h2>", d["arms"].to_html(index=False)]
     if not r.effects.empty:
         body += ["<h2>Effects</h2>", d["effects"].merge(d["verdicts"], on="effect").to_html(index=False)]
-        body += [f"<p>{html.escape(line)}</p>" for line in [*_outlier_lines(r), _methods(r)]]
+        body += [f"<p>{html.escape(line)}</p>" for line in [*_check_lines(r), _methods(r)]]
+    else:
+        body += [f"<p>{html.escape(line)}</p>" for line in _precision_lines(r)]
     if not r.claims.empty:
         body += ["<h2>Claims</h2>", d["claims"].to_html(index=False)]
     if r.sequential is not None and r.sequential.get("looks"):

@@ -44,7 +44,7 @@ import yaml
 from ablations import stats
 from ablations.factors import level_label
 from ablations.stats import MIN_SEEDS, Contrast
-from ablations.tracking import TAG, StoreNotFoundError, Tracker
+from ablations.tracking import PRECISION_TAG, TAG, StoreNotFoundError, Tracker
 
 __all__ = [
     "Report",
@@ -89,6 +89,9 @@ class StudyRuns:
             study's first sequential run: ``looks``, the planned seeds per arm of each look, or None when
             the study looked at its data before a plan was recorded, and ``reserve``); ``None`` for a
             study with fixed seeds.
+        precisions: one row per finished cell: ``arm``, ``seed``, ``run_id`` and ``precision``, the
+            precision it trained in (the run's tag ``ablate.precision``: ``bf16``, ``fp32`` or
+            ``fp16``; ``None`` for a run made before ablate recorded it).
     """
 
     study: str
@@ -106,6 +109,7 @@ class StudyRuns:
     budget: dict[str, object] = field(default_factory=dict)
     tracking_uri: str | None = None
     sequential: dict | None = None
+    precisions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PRECISION_COLUMNS))
 
     def restricted(self, seeds: list[int]) -> StudyRuns:
         """The same study with only the runs (and failures) of ``seeds``: what one look saw."""
@@ -116,6 +120,8 @@ class StudyRuns:
 
 
 _BUDGET_KEYS = ("train.epochs", "data.train_subset", "data.test_subset")
+PRECISION_COLUMNS = ["arm", "seed", "run_id", "precision"]
+UNRECORDED = "not recorded"  # a run made before ablate tagged the precision it trained in
 
 
 def _reader(tracking_uri: str | None) -> Tracker:
@@ -157,10 +163,11 @@ def load_runs(
     pid = parent.info.run_id
     ptags = parent.data.tags
     factors = json.loads(ptags[f"{TAG}factors"])
-    rows = []
+    rows, precisions = [], []
     for run in tracker.children(pid):
         tags = run.data.tags
         row = {"arm": tags[f"{TAG}arm"], "seed": int(tags[f"{TAG}seed"]), "run_id": run.info.run_id}
+        precisions.append({**row, "precision": tags.get(PRECISION_TAG)})
         row.update({f: run.data.params.get(f"factor.{f}") for f in factors})
         row.update(run.data.metrics)
         rows.append(row)
@@ -195,6 +202,7 @@ def load_runs(
         budget={k: overrides[k] for k in _BUDGET_KEYS if k in overrides},
         tracking_uri=tracker.uri,
         sequential=sequential,
+        precisions=pd.DataFrame(precisions, columns=PRECISION_COLUMNS),
     )
 
 
@@ -259,6 +267,9 @@ class Report:
             ``None`` while it runs), ``at`` (the look the tables come from) and the design; else ``None``.
         outliers: per-seed differences of an arm to the baseline far from that arm's other seeds
             (``stats.outlying``): ``effect``, ``seed``, ``difference``, ``median``, ``z``, in the report unit.
+        mixed_precision: the runs of a study that trained in different precisions where the study
+            does not vary the precision itself (:func:`precision_mix`): ``precision``, ``arm``, ``seed``,
+            ``run_id``; empty when every run that should share a precision does.
     """
 
     runs: StudyRuns
@@ -272,6 +283,7 @@ class Report:
     claims: pd.DataFrame
     sequential: dict | None = None
     outliers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    mixed_precision: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=MIX_COLUMNS))
 
     @property
     def diff_unit(self) -> str:
@@ -610,7 +622,62 @@ def _build(
     arm_df["test"] = arm_df["test"].fillna("")
     claims = _claims_table(sr, arms, alpha, effect, sequential, plan, look)
     outliers = _outliers(series, base_arm, [label for kind, label, _, _ in specs if kind == "arm"])
-    return Report(sr, alpha, effect, scale, unit, base_arm, arm_df, effects, claims, outliers=outliers)
+    return Report(
+        sr,
+        alpha,
+        effect,
+        scale,
+        unit,
+        base_arm,
+        arm_df,
+        effects,
+        claims,
+        outliers=outliers,
+        mixed_precision=precision_mix(sr),
+    )
+
+
+MIX_COLUMNS = ["precision", "arm", "seed", "run_id"]
+_PRECISION_LEVELS = {"auto", "fp32", "bf16", "fp16"}
+
+
+def _precision_factors(sr: StudyRuns) -> list[str]:
+    """The study's factors that set the precision: named ``train.precision`` or ``precision``, or whose
+    levels are all precision names (``[fp32, bf16]``)."""
+    return [
+        f
+        for f, levels in sr.factors.items()
+        if f in ("train.precision", "precision") or (levels and set(levels) <= _PRECISION_LEVELS)
+    ]
+
+
+def precision_mix(sr: StudyRuns) -> pd.DataFrame:
+    """The runs that trained in different precisions where they should share one, grouped by precision.
+
+    A study that does not vary the precision should train every run in one: a resumed study on
+    another machine, or workers on hosts with and without native bf16, can mix ``auto``'s bf16 and
+    fp32 runs without a word, and the arms' difference then holds the precision's. A study with a
+    precision factor (:func:`_precision_factors`) varies it by design; there each arm should train
+    in one precision. Runs without the tag (made before ablate recorded it) count as their own group
+    ``not recorded`` when other runs have one; a study whose runs all lack it is not checked.
+
+    Args:
+        sr: the study's runs (``sr.precisions``).
+
+    Returns:
+        ``precision``, ``arm``, ``seed``, ``run_id`` of every run of the mixed study (or of the mixed
+        arms, with a precision factor), sorted by precision, arm and seed; empty when nothing mixes.
+    """
+    p = sr.precisions
+    if p is None or p.empty or p["precision"].isna().all():
+        return pd.DataFrame(columns=MIX_COLUMNS)
+    p = p.assign(precision=p["precision"].fillna(UNRECORDED))
+    if _precision_factors(sr):
+        mixed_arms = p.groupby("arm")["precision"].nunique()
+        p = p[p["arm"].isin(mixed_arms[mixed_arms > 1].index)]
+    elif p["precision"].nunique() < 2:
+        p = p.iloc[:0]
+    return p.sort_values(["precision", "arm", "seed"]).reset_index(drop=True)[MIX_COLUMNS]
 
 
 def _outliers(series: dict[str, pd.Series], base_arm: str, arms: list[str]) -> pd.DataFrame:

@@ -138,3 +138,8 @@ def test_a_run_records_the_precision_it_trained_in_not_auto(tmp_path, monkeypatc
     for run in cells:
         assert run.data.tags["ablate.precision"] == expected
         assert run.data.params["train.precision"] == "auto"
+    from ablations.report import build_report, load_runs
+
+    sr = load_runs("prec")  # the report reads the tag back: one precision, nothing mixed
+    assert sr.precisions["precision"].tolist() == [expected, expected]
+    assert build_report(sr).mixed_precision.empty

@@ -1,6 +1,7 @@
 """The report: tables from constructed studies whose true effects are known, claims, formats, and a round trip
 through a real (temporary) MLflow store."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -517,3 +518,63 @@ def test_one_seed_far_from_the_others_is_named_with_a_check_line():
         assert "check: batchnorm=false seed 5" in render(r, fmt), fmt
     calm = build_report(runs({"true": base, "false": [b + 0.02 for b in base]}))  # every difference 2 pp: MAD 0
     assert calm.outliers.empty and "check:" not in render(calm, "table")
+
+
+def _with_precisions(sr: StudyRuns, precisions: list[str | None]) -> StudyRuns:
+    """``sr`` with each run's recorded precision (the tag ``ablate.precision``), in the order of ``sr.runs``."""
+    p = sr.runs[["arm", "seed"]].assign(run_id=[f"run{i}" for i in range(len(sr.runs))], precision=precisions)
+    return dataclasses.replace(sr, precisions=p)
+
+
+def test_runs_trained_in_different_precisions_are_named_in_every_format():
+    """A study resumed on a host where auto is bf16 (or workers on two kinds of host) mixes precisions:
+    the check lines say so and name the runs of each, in every format but CSV (JSON: mixed_precision)."""
+    base, treat = [0.80, 0.81, 0.79, 0.80], [0.78, 0.79, 0.77, 0.78]
+    r = build_report(_with_precisions(runs({"true": base, "false": treat}), ["fp32", "fp32", "bf16", "bf16"] * 2))
+    assert r.mixed_precision.groupby("precision").size().to_dict() == {"bf16": 4, "fp32": 4}
+    text = " ".join(render(r, "table").split())
+    assert "check: runs trained in different precisions (MLflow tag ablate.precision)" in text
+    assert "bf16: 4 runs (batchnorm=false seeds 2, 3; batchnorm=true seeds 2, 3)" in text
+    assert "fp32: 4 runs (batchnorm=false seeds 0, 1; batchnorm=true seeds 0, 1)" in text
+    for fmt in ("markdown", "html", "latex"):
+        assert "check: runs trained in different precisions" in render(r, fmt), fmt
+    mixed = json.loads(render(r, "json"))["mixed_precision"]
+    assert len(mixed) == 8 and {m["precision"] for m in mixed} == {"bf16", "fp32"}
+    assert "run2" in {m["run_id"] for m in mixed}
+
+
+@pytest.mark.parametrize(
+    "precisions, named",
+    [
+        (["bf16"] * 8, False),  # one precision: nothing to say
+        ([None] * 8, False),  # runs made before ablate recorded it: not checked
+        ([None, None, None, "bf16"] * 2, True),  # a study resumed with auto = bf16 after untagged runs
+    ],
+    ids=["one-precision", "untagged", "untagged-and-bf16"],
+)
+def test_the_precision_check_needs_two_recorded_kinds(precisions, named):
+    r = build_report(_with_precisions(runs({"true": [0.8, 0.81, 0.79, 0.8], "false": [0.78] * 4}), precisions))
+    assert (not r.mixed_precision.empty) == named
+    text = " ".join(render(r, "table").split())
+    assert ("runs trained in different precisions" in text) == named
+    if named:
+        assert "not recorded: 6 runs (batchnorm=false seeds 0-2; batchnorm=true seeds 0-2)" in text
+        assert "bf16: 2 runs (batchnorm=false seed 3; batchnorm=true seed 3)" in text
+
+
+def test_a_precision_factor_differs_by_design_but_an_arm_may_not_mix():
+    """studies/precision.yaml compares fp32 with bf16: its arms differ in precision on purpose; only an arm
+    whose own runs mix precisions is named."""
+    rows = [
+        {"arm": f"train.precision={p}", "seed": s, "train.precision": p, "test_acc": 0.8 + 0.001 * s}
+        for p in ("fp32", "bf16")
+        for s in range(4)
+    ]
+    sr = StudyRuns(
+        "prec", "quick", "parent", {"train.precision": ["fp32", "bf16"]}, "test_acc", "maximize", pd.DataFrame(rows), 0
+    )
+    by_design = build_report(_with_precisions(sr, ["fp32"] * 4 + ["bf16"] * 4))
+    assert by_design.mixed_precision.empty and "different precisions" not in render(by_design, "table")
+    auto = build_report(_with_precisions(sr, ["fp32"] * 4 + ["bf16", "bf16", "fp32", "fp32"]))
+    assert auto.mixed_precision["arm"].unique().tolist() == ["train.precision=bf16"]
+    assert "fp32: 2 runs (train.precision=bf16 seeds 2, 3)" in " ".join(render(auto, "table").split())
