@@ -148,8 +148,9 @@ class TrainConfig(_Section):
     fuse_seeds: Literal["auto", "off"] | int = "auto"
     # torch.compile the forward pass (the fused one too: vmap over functional_call compiles as one
     # graph). Off by default: on a 2-core x86-64 CPU (torch 2.14.1, 2026-12-03) cnn4 stepped 1.03x faster compiled
-    # but took 109 s to compile (benchmarks/fused.py --compile both: docs/performance.md); no GPU has measured it
-    # yet (make gpu-check does).
+    # but took 109 s to compile (benchmarks/fused.py --compile both: docs/performance.md); in bf16 on a 2-core
+    # Xeon with AMX (torch 2.14.1, 2026-12-04) it stepped 0.68x as fast as eager after 52 s of compiling (cnn4,
+    # batch 128, --ks 1 --steps 10 --warmup 2 --compile both --precision bf16); no GPU has measured it yet.
     compile: Literal["off", "on"] = "off"
 
     @field_validator("fuse_seeds")

@@ -134,7 +134,7 @@ class _AutocastUnderVmap(TorchFunctionMode):
             return func(*map(self._low, args), **{k: self._low(v) for k, v in kwargs.items()})
         if func is F.batch_norm and args:
             bn = {"weight": None, "bias": None, "training": False, "eps": 1e-5}
-            bn.update(zip(self.BN_ARGS, args))
+            bn.update(zip(self.BN_ARGS, args, strict=False))  # trailing arguments may be left to their defaults
             bn.update(kwargs)
             x, mean, var = bn["input"], bn["running_mean"], bn["running_var"]
             if not bn["training"] and mean is not None and var is not None:
@@ -286,7 +286,8 @@ def unfusable_reason(cfg: RunConfig) -> str | None:
         return "schedule.name=plateau cuts the lr on each run's own validation loss; fused seeds share one lr"
     if cfg.train.precision == "fp16":
         return "train.precision=fp16: one GradScaler would skip every fused seed's step when one overflows"
-    err = _vmap_probe(cfg.model.model_dump_json(), cfg.train.precision in ("auto", "bf16"))  # auto: bf16 on CUDA
+    # auto: bf16 on CUDA and on CPUs with native bf16 (core.precision); the probe itself runs on the CPU
+    err = _vmap_probe(cfg.model.model_dump_json(), cfg.train.precision in ("auto", "bf16"))
     if err is not None:
         return f"model {cfg.model.name} does not run under torch.vmap ({err})"
     return None
@@ -326,8 +327,11 @@ def fuse_group_size(cfg: RunConfig, n_seeds: int, device: torch.device) -> tuple
 
     ``train.fuse_seeds``: ``off`` -> 1; an int K -> min(K, n_seeds); ``auto`` -> on CUDA, as many
     as fit in free memory (at most :data:`MAX_AUTO_K`), elsewhere 1 (``benchmarks/fused.py`` found
-    fused slower than one at a time on 2-core CPUs; see docs/performance.md). Any setting
-    gives 1 when :func:`unfusable_reason` names a reason.
+    fused slower than one at a time on 2-core CPUs, in fp32 and more so in bf16: cnn4, batch 128,
+    2-core Xeon with AMX, torch 2.14.1, 2026-12-04, ``--ks 1,2,4 --steps 8 --warmup 2 --batch 128
+    --precision fp32,bf16``: K = 2 at 0.43x (fp32) and 0.30x (bf16) of one seed at a time, K = 4 at
+    0.37x and 0.23x; see docs/performance.md). Any setting gives 1 when :func:`unfusable_reason`
+    names a reason.
 
     Args:
         cfg: a resolved run config.
