@@ -6,6 +6,15 @@ The public names, imported on first use (so ``ablate --help`` stays quick)::
     study = load_study("studies/batchnorm.yaml", profile="smoke")
     run_study(study)                                  # every cell, tracked in MLflow
     print(render(build_report(load_runs("batchnorm"))))
+
+A user's own network is registered with ``register_model`` (the same decorator as the
+built-in presets, ``core.models.register_model``), in a file a study names under ``imports:``::
+
+    from ablations import register_model
+
+    @register_model("my_cnn", options={"kernel_size": 3, "residual": True})
+    def build(cfg):  # cfg.options: the options, filled in from the defaults; cfg.num_classes: 10
+        ...
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ _PUBLIC = {
     "render": "ablations.rendering",
     "write_report": "ablations.rendering",
     "ReportError": "ablations.report",
+    "register_model": "core.models",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -865,12 +865,46 @@ def _show(path: Path, image) -> None:
 
 
 @main.command()
-def models() -> None:
-    """List the registered models."""
-    from core.models import list_models
+@click.option(
+    "--study",
+    "study_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also the models the code this study file imports registers (its `imports:`).",
+)
+def models(study_file: Path | None) -> None:
+    """List the registered models with their options (model.options.<key>) and where each comes from.
 
-    for name in list_models():
-        click.echo(name)
+    The built-in presets, those of installed packages (entry points of the group ablate.models) and,
+    with --study, those of the study's `imports:`.
+    """
+    from tabulate import tabulate
+
+    from ablations.study import import_study_code
+    from core.config import ConfigError
+    from core.models import list_models
+    from core.models.registry import preset_info
+
+    try:
+        if study_file is not None:
+            import_study_code(study_file)
+        names = list_models()
+    except (StudyError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def shown(v) -> str:
+        return yaml.safe_dump(v, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+    rows = []
+    for name in names:
+        info = preset_info(name)
+        options = ", ".join(f"{k}={shown(v)}" for k, v in info["options"].items()) or "-"
+        origin = info["origin"]
+        if origin is not None:
+            with contextlib.suppress(ValueError):
+                origin = str(Path(origin).relative_to(Path.cwd()))
+        rows.append([name, options, origin or "built in"])
+    click.echo(tabulate(rows, headers=["model", "options (default)", "from"], disable_numparse=True))
 
 
 def _load(

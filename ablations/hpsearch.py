@@ -72,7 +72,7 @@ from ablations.runner import MlflowEpochs, splits_for
 from ablations.samplers import PER_TRIAL_SEED, SearchSpecError, grid_size, grid_space, make_pruner, make_sampler
 from ablations.search import GRACE_S, claim, fail_stale_trials, rdb_storage, stale_reason
 from ablations.study import Cell, SearchSpec, Study
-from ablations.tracking import TAG, Tracker, git_commit
+from ablations.tracking import CODE_TAG, TAG, Tracker, code_tag, git_commit
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash, flatten
 from core.train import Callback, DivergedError, FitResult, fit, resolve_config
 
@@ -404,6 +404,8 @@ class _Search:
             "optuna.study": self.name,
             "mlflow.note.content": study.question,
         }
+        if study.code:  # the code its models come from (part of the key), logged with every run
+            self.tags[CODE_TAG] = code_tag(study.code)
         run_name = f"{study.name} ({study.profile})" + (f" {cell.arm}" if cell.arm else "")
         factors = {f: [level_label(v) for v in spec] for f, spec in study.factors.items()}
         parent_tags = {
@@ -420,6 +422,8 @@ class _Search:
             f"{TAG}space": json.dumps(list(self.search.space)),
         }
         self.parent = _parent_run(tracker, exp_id, self.name, run_name, parent_tags)
+        if study.code:
+            tracker.log_code(self.parent, study.code)
         tracker.client.set_tag(self.parent, f"{TAG}n_trials", str(self.cap))  # a tag: it may be raised later
         tracker.log_config(
             self.parent,
@@ -525,6 +529,8 @@ class _Search:
             self.exp_id, self.parent, label, {**flatten(cfg), **logged}, {**tags, f"{TAG}config_hash": config_hash(cfg)}
         )
         trial.set_user_attr("mlflow_run_id", run_id)
+        if self.study.code:  # what evaluate and predict import to rebuild this trial's model
+            self.tracker.log_code(run_id, self.study.code)
         pruning = PruningCallback(trial, self.study.metric.name)
         bar = _EpochBar(label, self.progress)
         # Where the bars are not drawn (a log, not a terminal): one line per epoch, before the pruner may stop it.

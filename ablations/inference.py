@@ -3,6 +3,9 @@
 Both read the run's resolved ``config.yaml`` and ``checkpoint/best.pt`` from
 MLflow (or a checkpoint file given directly), so the model is rebuilt exactly
 as it was trained and images are normalised with the statistics that run used.
+A run of a study with ``imports:`` (a user's own model) also logged that code
+(``code/<file>``, tag ``ablate.code``): it is imported again from the run, so a
+fresh process in any folder rebuilds the model from the code that trained it.
 Seed 002's error analysis (per-class accuracy, confusion matrix, misclassified
 test images) and seed 000's single-image inference are the models.
 """
@@ -115,9 +118,44 @@ def load_run(run_id: str, tracking_uri: str | None = None, device: str = "auto")
                 "only finished cells of `ablate run` have one"
             ) from None
         cfg = RunConfig.model_validate(yaml.safe_load(Path(cfg_path).read_text()))
+        _import_run_code(tracker, run_id, run.data.tags, Path(tmp))
         loaded = load_checkpoint(ckpt, cfg, device)
     loaded.run_id = run_id
     return loaded
+
+
+def _import_run_code(tracker, run_id: str, tags: dict[str, str], tmp: Path) -> None:
+    """Import the code a run logged (tag ``ablate.code``, artifacts ``code/<name>``), in the order it was imported.
+
+    Code already imported in this process (the same SHA-256) is not run again.
+
+    Raises:
+        InferenceError: an artifact is missing, differs from its recorded SHA-256, or fails to import.
+    """
+    import hashlib
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from ablations.tracking import CODE_TAG
+    from core.models.plugins import PluginError, import_file
+
+    files = json.loads(tags.get(CODE_TAG) or "[]")
+    if not files:
+        return
+    try:
+        folder = Path(tracker.client.download_artifacts(run_id, "code", str(tmp)))
+    except (MlflowException, OSError):
+        raise InferenceError(f"run '{run_id}' records code ({CODE_TAG}) but has no code/ artifacts") from None
+    for entry in files:
+        path = folder / entry["name"]
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if hashlib.sha256(text.encode()).hexdigest() != entry["sha256"]:
+            raise InferenceError(f"run '{run_id}': code/{entry['name']} is missing or not the code the run recorded")
+        try:
+            import_file(path, name=entry["name"], spec=f"code/{entry['name']} of run {run_id}")
+        except PluginError as exc:
+            raise InferenceError(f"run '{run_id}': its code does not import here: {exc}") from None
 
 
 def evaluate_checkpoint(loaded: LoadedModel) -> dict:

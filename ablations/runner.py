@@ -38,7 +38,7 @@ from ablations.search import (
     stale_reason,
 )
 from ablations.study import Cell, Study
-from ablations.tracking import PRECISION_TAG, TAG, Tracker, git_commit
+from ablations.tracking import CODE_TAG, PRECISION_TAG, TAG, Tracker, code_tag, git_commit
 from core.config import DataConfig, RunConfig, config_hash, flatten
 from core.data import Splits, load_splits
 from core.train import Callback, DivergedError, FitResult, fit_many
@@ -193,12 +193,20 @@ class _Session:
             "optuna.study": study.key,
             "mlflow.note.content": study.question,
         }
+        if study.code:  # the code its models come from: part of the study key, logged with every run
+            self.tags[CODE_TAG] = code_tag(study.code)
         self.exp_id = self.tracker.experiment(study.name, create=create)
         parent = self.tracker.find_parent(self.exp_id, study.key) if self.exp_id else None
         if parent is None and not create:
+            changed = (
+                f" (the code it imports is part of its key: {', '.join(c.spec for c in study.code)} must be what "
+                "`ablate run` imported)"
+                if study.code
+                else ""
+            )
             raise RunnerError(
                 f"study '{study.key}' has no parent run in {self.tracker.uri}: start it with "
-                f"`ablate run {study.path}` (same --profile, --set, --tracking-uri and --storage) first"
+                f"`ablate run {study.path}` (same --profile, --set, --tracking-uri and --storage) first{changed}"
             )
         if create:
             fresh = parent is None
@@ -207,6 +215,8 @@ class _Session:
             )
             self._record_plan(parent, fresh)
             self._describe(parent)
+            if fresh and study.code:
+                self.tracker.log_code(parent, study.code)
         self.parent = parent
         lock.release()  # the stores, the experiment and the one parent run exist now
         if create:
@@ -704,6 +714,8 @@ def _start_cell_run(session: _Session, cell: Cell, trial, cfg: RunConfig) -> str
     )
     trial.set_user_attr("mlflow_run_id", run_id)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    if session.study.code:  # what evaluate and predict import to rebuild this run's model
+        session.tracker.log_code(run_id, session.study.code)
     return run_id
 
 

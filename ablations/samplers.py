@@ -2,7 +2,8 @@
 
 Both :mod:`ablations.study` (which checks a search block when it loads the file)
 and :mod:`ablations.hpsearch` (which runs the search) need these; they live here
-so that neither imports the other.
+so that neither imports the other. The block's schema is :mod:`ablations.search_spec`,
+below this module and :mod:`ablations.study` both.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
-if TYPE_CHECKING:  # only for annotations: ablations.study imports this module, not the other way round
-    from ablations.study import SearchSpec
+from ablations.search_spec import SearchSpec
 
 __all__ = ["PER_TRIAL_SEED", "SearchSpecError", "grid_size", "grid_space", "make_pruner", "make_sampler"]
 

@@ -32,13 +32,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ablations.factors import FACTORS, factor_overrides, level_label
+from ablations.search_spec import PARAM_TYPES, SearchSpec
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash
 from core.models import resolve_model_config
+from core.models.plugins import CodeFile, PluginError, import_code
 
-__all__ = ["Cell", "Claim", "SearchSpec", "Study", "StudyError", "load_study"]
+__all__ = ["Cell", "Claim", "SearchSpec", "Study", "StudyError", "import_study_code", "load_study"]
 
 METRICS = ("test_acc", "test_top3", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
 # A claim may also be about overfitting: train top-1 minus test top-1 (``core.train.FitResult.final_metrics``).
@@ -100,130 +102,6 @@ class Claim(BaseModel):
     min_effect: float | None = Field(default=None, gt=0)
 
 
-class FloatParam(BaseModel):
-    """``{type: float, low, high, log, step}``: Optuna's ``FloatDistribution`` (``trial.suggest_float``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> FloatParam:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low:g}) is greater than high ({self.high:g})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low > 0, got {self.low:g}")
-        if self.log and self.step is not None:
-            raise ValueError("step and log: true cannot be combined (Optuna's FloatDistribution)")
-        return self
-
-    def values(self) -> list[Any]:
-        """The values checked against the run config: the ends of the range."""
-        return [self.low, self.high]
-
-
-class IntParam(BaseModel):
-    """``{type: int, low, high, step, log}``: Optuna's ``IntDistribution`` (``trial.suggest_int``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(default=1, ge=1)
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> IntParam:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
-        if self.log and self.low < 1:
-            raise ValueError(f"log: true needs low >= 1, got {self.low}")
-        if self.log and self.step != 1:
-            raise ValueError("step and log: true cannot be combined (Optuna's IntDistribution)")
-        return self
-
-    def values(self) -> list[Any]:
-        """The values checked against the run config: the ends of the range."""
-        return [self.low, self.high]
-
-
-class CategoricalParam(BaseModel):
-    """``{type: categorical, choices: [...]}``: Optuna's ``CategoricalDistribution``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["categorical"]
-    # Optuna stores choices as JSON scalars: null, booleans, numbers and strings.
-    choices: list[bool | int | float | str | None] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> CategoricalParam:
-        if len({json.dumps(c) for c in self.choices}) != len(self.choices):
-            raise ValueError(f"choices must be distinct, got {self.choices}")
-        return self
-
-    def values(self) -> list[Any]:
-        """The values checked against the run config: every choice."""
-        return list(self.choices)
-
-
-SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
-PARAM_TYPES = ("float", "int", "categorical")
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
-PRUNERS = ("none", "median", "hyperband", "successive_halving", "threshold", "percentile")
-
-
-class SamplerSpec(BaseModel):
-    """``{name, seed, ...}``: an Optuna sampler; further keys are arguments of its class (checked)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
-    seed: int | None = None
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The keys besides ``name`` and ``seed``: keyword arguments of the Optuna class."""
-        return dict(self.model_extra or {})
-
-
-class PrunerSpec(BaseModel):
-    """``{name, ...}``: an Optuna pruner; further keys are arguments of its class (checked)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: Literal[PRUNERS] = "median"  # type: ignore[valid-type]
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The keys besides ``name``: keyword arguments of the Optuna class."""
-        return dict(self.model_extra or {})
-
-
-class SearchSpec(BaseModel):
-    """A study's ``search:`` block: what Optuna samples, how, and how many trials.
-
-    Attributes:
-        space: dotted config key -> distribution, in Optuna's words (``float``, ``int``, ``categorical``).
-        sampler: ``tpe`` (default), ``random``, ``grid``, ``cmaes`` or ``qmc``, with ``seed``.
-        pruner: ``median`` (default), ``none``, ``hyperband``, ``successive_halving``,
-            ``threshold`` or ``percentile``.
-        n_trials: the cap on finished trials of the search (of each arm's search), over all workers.
-        timeout: seconds after which a worker starts no new trial (``None``: no limit).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    space: dict[str, SearchParam] = Field(min_length=1)
-    sampler: SamplerSpec = SamplerSpec()
-    pruner: PrunerSpec = PrunerSpec()
-    n_trials: int = Field(default=20, ge=1)
-    timeout: float | None = Field(default=None, gt=0)
-
-    def identity(self) -> dict[str, Any]:
-        """What makes two searches the same search: everything but the budget (``n_trials``, ``timeout``)."""
-        return self.model_dump(mode="json", exclude={"n_trials", "timeout"})
-
-
 class SequentialSpec(BaseModel):
     """A study's ``sequential:`` block: add seeds in rounds until the question is decided.
 
@@ -254,6 +132,7 @@ class _StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=_NAME)
     question: str
+    imports: list[str] = []  # code that registers models: files relative to the study file, or module names
     base: dict[str, Any] = {}
     # optional when the study has a search block: then it is a pure search
     factors: Annotated[dict[str, list[Any] | dict[str, dict[str, Any]]], Field(min_length=1)] | None = None
@@ -307,6 +186,8 @@ class Study:
         alpha: significance level of the report's verdicts.
         search: the ``search:`` block with the profile's and ``--set``'s budget applied, or ``None``.
         sequential: the ``sequential:`` block (or ``--until-decided``), or ``None`` for fixed seeds.
+        code: the code its models come from, besides the built-in presets: each ``imports:`` entry,
+            then the module of every installed package's model (entry point) the cells use.
     """
 
     path: Path
@@ -323,6 +204,7 @@ class Study:
     alpha: float = 0.05
     search: SearchSpec | None = None
     sequential: SequentialSpec | None = None
+    code: tuple[CodeFile, ...] = ()
 
     def looks(self) -> list[list[int]]:
         """The seeds of every arm at each look of a sequential study (one look, ``seeds``, otherwise).
@@ -352,11 +234,18 @@ class Study:
         adding seeds or levels keeps finished cells, and changing the recipe
         starts a new study. For a search it also covers the space, sampler and
         pruner, but not the budget (``n_trials``, ``timeout``): raising
-        ``n_trials`` continues the same search.
+        ``n_trials`` continues the same search. With ``imports`` (or a model of
+        an installed package) it covers the code's contents too: editing the
+        model starts a new study. A study with neither hashes as it always has.
         """
         digest = config_hash(self.config)
+        parts: dict[str, Any] = {}
         if self.search is not None:
-            text = json.dumps({"config": digest, "search": self.search.identity()}, sort_keys=True)
+            parts["search"] = self.search.identity()
+        if self.code:
+            parts["code"] = {c.name: c.sha256 for c in self.code}
+        if parts:
+            text = json.dumps({"config": digest, **parts}, sort_keys=True)
             digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         return f"{self.name}:{self.profile}:{digest}"
 
@@ -493,6 +382,7 @@ def load_study(
             "claims",
             "a search study checks no claims: put them in the ordinary study that re-runs the best config with seeds",
         )
+    code = _import_code(path, spec.imports)  # before anything is resolved: the models it registers
     factors = dict(spec.factors or {})
     seeds = list(spec.seeds or [0])
 
@@ -561,15 +451,80 @@ def load_study(
         spec.alpha,
         search,
         _sequential(path, spec, seeds, until_decided, max_seeds),
+        code,
     )
+    models = set()
     for cell in study.cells():  # every cell must build a valid config (e.g. model names)
         try:
-            study.cell_config(cell)
+            models.add(study.cell_config(cell).model.name)
         except ConfigError as exc:
             raise StudyError(path, f"factors ({cell.arm})", str(exc)) from None
+    if installed := _installed_code(models, code):
+        study = dataclasses.replace(study, code=code + installed)
     if len(set(seeds)) != len(seeds):
         raise StudyError(path, "seeds", f"seeds must be distinct, got {seeds}")
     return study
+
+
+def _import_code(path: Path, imports: list[str]) -> tuple[CodeFile, ...]:
+    """Import each ``imports:`` entry (``core.models.plugins.import_code``), relative to the study file.
+
+    Raises:
+        StudyError: an entry cannot be imported (``imports[i]``, then the file and line), or two
+            entries would be logged under one name.
+    """
+    out: list[CodeFile] = []
+    names: dict[str, str] = {}
+    for i, entry in enumerate(imports):
+        try:
+            code = import_code(entry, path.parent)
+        except PluginError as exc:
+            raise StudyError(path, f"imports[{i}]", str(exc)) from None
+        if code.name in names:
+            raise StudyError(
+                path, f"imports[{i}]", f"{entry} and {names[code.name]} would both be logged as code/{code.name}"
+            )
+        names[code.name] = entry
+        out.append(code)
+    return tuple(out)
+
+
+def _installed_code(models: set[str], imported: tuple[CodeFile, ...]) -> tuple[CodeFile, ...]:
+    """The code of each model in ``models`` that an installed package's entry point registered."""
+    from core.models.plugins import code_of, load_entry_points
+    from core.models.registry import preset_info
+
+    entry_points = {c.sha256 for c in load_entry_points()}
+    have = {c.sha256 for c in imported}
+    out: list[CodeFile] = []
+    for name in sorted(models):
+        origin = preset_info(name)["origin"]
+        code = code_of(origin) if origin else None
+        if code is not None and code.sha256 in entry_points and code.sha256 not in have:
+            have.add(code.sha256)
+            out.append(code)
+    return tuple(out)
+
+
+def import_study_code(path: str | Path) -> tuple[CodeFile, ...]:
+    """Import the code a study file's ``imports:`` names, without validating the rest of the file.
+
+    What ``ablate models --study FILE`` uses, so that a study whose other keys are wrong still lists
+    its models and their options.
+
+    Raises:
+        StudyError: the file cannot be read as YAML, ``imports`` is not a list of strings, or an
+            entry cannot be imported.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise StudyError(path, "", f"cannot read it as a study file: {exc}") from None
+    imports = raw.get("imports", []) if isinstance(raw, dict) else []
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise StudyError(path, "imports", "a list of files (relative to the study file) or module names")
+    return _import_code(path, imports)
 
 
 def _sequential(

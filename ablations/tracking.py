@@ -8,6 +8,7 @@ with ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``; with a tracking server
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "CODE_TAG",
     "DEFAULT_TRACKING_URI",
     "EXPERIMENT_KIND_TAG",
     "MODEL_TRAINING",
@@ -31,6 +33,9 @@ __all__ = [
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG = "ablate."  # prefix of this project's tags
+# On a parent run and each cell's run of a study with imports: the code files (logged as code/<name>) and their
+# SHA-256, in import order, as JSON [{"name": "models.py", "sha256": "..."}]; ablate evaluate/predict import them.
+CODE_TAG = f"{TAG}code"
 PRECISION_TAG = f"{TAG}precision"  # on a cell's run: the precision it trained in (bf16, fp32, fp16; never auto)
 # MLflow 3's UI opens an experiment in its GenAI mode (traces) unless this experiment tag says
 # "machine learning" (the value its UI's experiment-kind selector writes for model training).
@@ -73,6 +78,11 @@ def absolute_sqlite(url: str, mkdir: bool = True) -> str:
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def code_tag(code) -> str:
+    """The value of :data:`CODE_TAG` for ``code`` (``CodeFile`` objects): their names and SHA-256, in order."""
+    return json.dumps([{"name": c.name, "sha256": c.sha256} for c in code])
 
 
 def git_commit() -> str:
@@ -170,6 +180,16 @@ class Tracker:
     def log_config(self, run_id: str, config: dict[str, Any]) -> None:
         """Save the resolved config as ``config.yaml``."""
         self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+
+    def log_code(self, run_id: str, code) -> None:
+        """Save each code file a study imports as the artifact ``code/<name>``, as it ran.
+
+        Args:
+            run_id: the run.
+            code: ``core.models.plugins.CodeFile`` objects (``name``, ``text``).
+        """
+        for c in code:
+            self.client.log_text(run_id, c.text, f"code/{c.name}")
 
     def log_figure(self, run_id: str, fig, name: str) -> None:
         """Save a matplotlib figure as a PNG artifact."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -67,6 +68,10 @@ class ModelConfig(_Section):
     input_size: int | None = None  # inputs are resized to this many pixels (resnet18_imagenet: 224)
     weights: str | None = None  # pretrained weights file (torchvision's or a checkpoint of this project)
     trainable: tuple[str, ...] | None = None  # train only modules with these name prefixes; () or None: all
+    # A plugin model's own settings (``register_model(name, options={...})``), filled in from its defaults
+    # and checked against their types by ``core.models``; the built-in presets have none. Empty, it adds no
+    # key to ``flatten``, so configs without options hash as before.
+    options: dict[str, Any] = {}
     num_classes: int = 10  # CIFAR-10
 
     @field_validator("dropout_p")
@@ -202,8 +207,50 @@ def valid_keys() -> list[str]:
     return sorted(flatten(RunConfig()))
 
 
+OPTIONS = "model.options"  # a plugin model's options: ``model.options.<option>`` is a dotted key like any other
+_OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _expand_options(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.options": {"k": 5}}`` -> ``{"model.options.k": 5}``; option names and values checked.
+
+    Raises:
+        ConfigError: ``model.options`` is not a mapping, an option name is not an identifier, or an
+            option's value is a mapping (options are numbers, booleans, strings or lists).
+    """
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == OPTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"config key '{OPTIONS}': a mapping option -> value, e.g. {{kernel_size: 5}}; got {value!r}"
+                )
+            items = {f"{OPTIONS}.{k}": v for k, v in value.items()}
+        elif key.startswith(OPTIONS + "."):
+            items = {key: value}
+        else:
+            out[key] = value
+            continue
+        for dotted, v in items.items():
+            name = dotted.removeprefix(OPTIONS + ".")
+            if not _OPTION_NAME.match(name):
+                raise ConfigError(f"config key '{dotted}': an option name is an identifier such as kernel_size")
+            if isinstance(v, dict):
+                raise ConfigError(
+                    f"config key '{dotted}': an option is a number, boolean, string or list, not a mapping"
+                )
+            out[dotted] = v
+    return out
+
+
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return a new config with dotted ``overrides`` applied and validated.
+
+    A plugin model's options are keys too: ``{"model.options.kernel_size": 5}``, or the mapping
+    ``{"model.options": {"kernel_size": 5}}``; their names and types are checked against the model
+    by ``core.models.resolve_model_config``, which knows its declared options.
 
     Args:
         cfg: the starting config (not modified).
@@ -213,11 +260,14 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         ConfigError: an unknown key (the message lists close valid keys) or a
             value of the wrong type or range (the message names the key).
     """
+    overrides = _expand_options(overrides)
     keys = set(valid_keys())
     for key in overrides:
-        if key not in keys:
+        if key not in keys and not key.startswith(OPTIONS + "."):
             section = key.split(".")[0]
             near = [k for k in sorted(keys) if k.startswith(section + ".")] or sorted(keys)
+            if section == "model":
+                near.append(f"{OPTIONS}.<option>")
             raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(near)}")
     merged = flatten(cfg)
     merged.update(overrides)

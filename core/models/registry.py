@@ -1,11 +1,19 @@
 """Name -> model preset registry, and what every preset shares: checks, pretrained weights, freezing.
 
 A preset is a function ``build(cfg: ModelConfig) -> nn.Module`` registered with
-:func:`register_model` together with its own value for every ``ModelConfig``
-field, so that :func:`resolve_model_config` turns a config of ``None`` fields
-into a concrete one (the config MLflow logs). A preset raises
-:class:`~core.config.ConfigError` naming the ``model.<field>`` key for any value
-it cannot honour.
+:func:`register_model`, the one decorator the built-in presets (``core/models/cnn.py``,
+``core/models/resnet.py``) and users' own models (a study's ``imports:``, a package's entry point
+of the group ``ablate.models``: ``core.models.plugins``) all use. It declares its defaults:
+
+- the built-in ``ModelConfig`` fields it honours (``batchnorm``, ``dropout``, ...), each with
+  its value; a built-in preset gives every field. A field a preset does not declare may not be
+  set (``model.batchnorm`` on a plugin without it is a ``ConfigError``, not ignored);
+- its own ``options`` (``options={"kernel_size": 3}``): ``model.options.<key>``, each typed by its
+  default.
+
+:func:`resolve_model_config` turns a config of ``None`` fields and given options into a concrete
+one (the config MLflow logs). A preset raises :class:`~core.config.ConfigError` naming the
+``model.<field>`` key for any value it cannot honour.
 
 Shared by every preset and handled here, after ``build``:
 
@@ -22,10 +30,14 @@ Shared by every preset and handled here, after ``build``:
 - Frozen BatchNorm: networks derived from :class:`FrozenNormEval` keep every
   BatchNorm layer whose parameters are all frozen in eval mode, also after
   ``model.train()``: its running statistics stay those of the weights file.
+- A plugin's network is checked once per config before anything trains: ``build`` returns an
+  ``nn.Module`` whose output for a (2, 3, 32, 32) batch is (2, ``num_classes``).
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +47,9 @@ import torch
 from torch import nn
 
 from core.config import ConfigError, ModelConfig
+from core.models import plugins
 from core.models.crn import init_weights
+from core.models.plugins import PluginError
 
 __all__ = [
     "FrozenNormEval",
@@ -43,15 +57,25 @@ __all__ = [
     "list_models",
     "load_weights",
     "preset_defaults",
+    "preset_info",
     "register_model",
     "resolve_model_config",
     "set_trainable",
 ]
 
-# The fields every preset gives a value for (name and num_classes are always concrete).
-PRESET_FIELDS = tuple(f for f in ModelConfig.model_fields if f not in ("name", "num_classes"))
-# Shared fields with the same default everywhere; a preset may still override them.
+# The built-in fields a preset may declare (name and num_classes are always concrete; options are its own).
+PRESET_FIELDS = tuple(f for f in ModelConfig.model_fields if f not in ("name", "num_classes", "options"))
+# Shared fields every preset honours (handled here, not by build), with the same default everywhere.
 _SHARED_DEFAULTS: dict[str, Any] = {"weights": None, "trainable": ()}
+_OPTION_TYPES = (bool, int, float, str, type(None))
+_TYPE_WORDS = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    tuple: "a list",
+}
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -59,45 +83,116 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 @dataclass(frozen=True)
 class _Preset:
     build: Callable[[ModelConfig], nn.Module]
-    defaults: dict[str, Any]
+    defaults: dict[str, Any]  # the built-in fields it declares -> its value
+    options: dict[str, Any]  # its own options -> default
+    origin: str | None  # the file that registered it; None: a built-in preset (core.models)
 
 
 _REGISTRY: dict[str, _Preset] = {}
+_CHECKED: set[tuple[str, int, str]] = set()  # plugin configs whose network has been built and run once
 
 
-def register_model(name: str, **defaults: Any) -> Callable:
-    """Decorator: register ``build(cfg: ModelConfig) -> nn.Module`` under ``name``.
+def _check_option_default(name: str, key: Any, value: Any) -> None:
+    if not isinstance(key, str) or not key.isidentifier():
+        raise TypeError(f"model {name!r}: option names are identifiers such as kernel_size, got {key!r}")
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(v, _OPTION_TYPES) for v in items):
+        raise TypeError(
+            f"model {name!r}: option {key!r} has default {value!r}; an option's default is a boolean, integer, "
+            "number, string, None or a list of those (its type is the option's type)"
+        )
+
+
+def register_model(name: str, options: dict[str, Any] | None = None, **settings: Any) -> Callable:
+    """Decorator: register ``build(cfg: ModelConfig) -> nn.Module`` as the model ``name``.
+
+    The one way a model is added, for the built-in presets and a user's own alike::
+
+        from torch import nn
+        from ablations import register_model
+
+        @register_model("my_cnn", options={"kernel_size": 3, "residual": True})
+        def build(cfg) -> nn.Module:  # cfg.options == {"kernel_size": 3, "residual": True} unless set
+            ...
+
+    ``build`` gets the resolved :class:`~core.config.ModelConfig`: ``cfg.options`` holds every
+    option (the defaults, then the study's ``model.options``), ``cfg.num_classes`` the class count,
+    and each declared built-in setting its value; undeclared settings are ``None``. Its network maps
+    (B, 3, 32, 32) float images to (B, ``num_classes``) logits. ``model.weights`` and
+    ``model.trainable`` work for every model. ``build`` may be a class (an ``nn.Module`` subclass
+    taking ``cfg``).
 
     Args:
-        name: the ``model.name`` that selects the preset.
-        **defaults: the preset's value for every ``ModelConfig`` field except
-            ``name`` and ``num_classes`` (``weights`` defaults to ``None`` and
-            ``trainable`` to ``()``, i.e. no file and everything trains).
+        name: the ``model.name`` that selects it.
+        options: the model's own settings and their defaults, ``model.options.<key>`` in a study.
+            An option's type is its default's: a boolean, integer, number (an integer is taken
+            too), string or list; a default of ``None`` takes any of these.
+        **settings: the built-in ``ModelConfig`` fields the model honours, each with its value
+            (``dropout_p=0.1``); ``weights`` and ``trainable`` are always honoured. A built-in
+            preset gives every field.
+
+    Returns:
+        The decorator, which registers ``build`` and returns it unchanged.
 
     Raises:
-        TypeError: a default names no ``ModelConfig`` field, or a field has no
-            default (a programming error, raised at import).
+        TypeError: a setting that is no ``ModelConfig`` field, an option default of another type,
+            options that are not a mapping, a built-in preset without a value for every field.
+        core.models.plugins.PluginError: (when decorating) ``name`` is a built-in preset's, or
+            another file registered it already.
     """
-    unknown = sorted(set(defaults) - set(PRESET_FIELDS))
-    full = {**_SHARED_DEFAULTS, **defaults}
-    missing = [f for f in PRESET_FIELDS if f not in full]
-    if unknown or missing:
-        raise TypeError(f"preset {name!r}: unknown fields {unknown}, fields without a default {missing}")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_model: the name is a non-empty string, got {name!r}")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise TypeError(f"model {name!r}: options is a mapping option -> default, got {type(options).__name__}")
+    for key, value in options.items():
+        _check_option_default(name, key, value)
+    unknown = sorted(set(settings) - set(PRESET_FIELDS))
+    if unknown:
+        raise TypeError(f"model {name!r}: {', '.join(unknown)} are no ModelConfig fields; valid: {PRESET_FIELDS}")
+    declared = {**_SHARED_DEFAULTS, **settings}
 
     def wrap(build: Callable[[ModelConfig], nn.Module]) -> Callable:
-        _REGISTRY[name] = _Preset(build, full)
+        builtin = getattr(build, "__module__", "").startswith("core.models.")
+        if builtin and (missing := [f for f in PRESET_FIELDS if f not in declared]):
+            raise TypeError(f"preset {name!r}: fields without a default {missing}")
+        origin = None if builtin else _source_file(build)
+        prev = _REGISTRY.get(name)
+        if prev is not None and prev.origin != origin:
+            if prev.origin is None:
+                raise PluginError(f"model '{name}' is a built-in preset's name; register yours under another")
+            raise PluginError(f"model '{name}' is registered already by {prev.origin}; two files cannot share a name")
+        _REGISTRY[name] = _Preset(build, declared, dict(options), origin)
         return build
 
     return wrap
 
 
+def _source_file(build: Callable) -> str:
+    try:
+        return str(Path(inspect.getsourcefile(build) or inspect.getfile(build)).resolve())
+    except TypeError:
+        return f"<{getattr(build, '__module__', '?')}>"
+
+
+def _registry() -> dict[str, _Preset]:
+    """The registry, with installed packages' entry points loaded (``core.models.plugins``)."""
+    plugins.load_entry_points()
+    return _REGISTRY
+
+
 def list_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+    """Registered model names, sorted (installed packages' entry points loaded first).
+
+    Raises:
+        core.models.plugins.PluginError: an entry point fails to load.
+    """
+    return sorted(_registry())
 
 
 def preset_defaults(name: str) -> dict[str, Any]:
-    """The preset's own value of every ``ModelConfig`` field it fills in.
+    """The preset's own value of every ``ModelConfig`` field it declares (``weights``, ``trainable`` too).
 
     Raises:
         ConfigError: ``name`` is not registered.
@@ -105,10 +200,34 @@ def preset_defaults(name: str) -> dict[str, Any]:
     return dict(_preset(name).defaults)
 
 
+def preset_info(name: str) -> dict[str, Any]:
+    """What ``ablate models`` shows of a model: its options, declared settings and where it comes from.
+
+    Returns:
+        ``{"options": {option: default}, "settings": {field: value}, "origin": file or None}``
+        (``None``: a built-in preset).
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+    """
+    preset = _preset(name)
+    settings = {k: v for k, v in preset.defaults.items() if k not in _SHARED_DEFAULTS}
+    return {"options": dict(preset.options), "settings": settings, "origin": preset.origin}
+
+
 def _preset(name: str) -> _Preset:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model '{name}' (model.name); registered: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(f"unknown model '{name}' (model.name); registered: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def _forget_plugins() -> None:
+    """Drop every model a plugin registered and forget the imported files (tests start from the built-ins)."""
+    for name in [n for n, p in _REGISTRY.items() if p.origin is not None]:
+        del _REGISTRY[name]
+    _CHECKED.clear()
+    plugins._forget()
 
 
 class FrozenNormEval(nn.Module):
@@ -215,29 +334,146 @@ def load_weights(model: nn.Module, path: str | Path, preset: str = "model") -> l
     return dropped
 
 
+def _words(t: type) -> str:
+    return _TYPE_WORDS.get(t, t.__name__)
+
+
+def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default`` (an integer for a number, a list for a list), or a ConfigError."""
+    where = f"model.options.{key}"
+    if default is None:
+        _ok = isinstance(value, _OPTION_TYPES) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, _OPTION_TYPES) for v in value)
+        )
+        if not _ok:
+            raise ConfigError(f"{where}: {name} takes a boolean, number, string or list, got {value!r}")
+        return value
+    kind = type(default)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }.get(kind, lambda v: isinstance(v, (list, tuple)))(value)
+    if not ok:
+        hint = ""
+        if kind is bool and isinstance(value, str) and value.lower() in ("on", "off", "yes", "no", "y", "n"):
+            hint = "; write true or false (YAML 1.2: on/off/yes/no are strings)"
+        raise ConfigError(f"{where}: {name} takes {_words(kind)} (default {default!r}), got {value!r}{hint}")
+    if kind is float:
+        return float(value)
+    if kind in (list, tuple):
+        return kind(value)
+    return value
+
+
+def _options(name: str, preset: _Preset, given: dict[str, Any]) -> dict[str, Any]:
+    """Every option of ``preset``: ``given`` checked against the defaults' types, the rest the defaults."""
+    for key in given:
+        if key not in preset.options:
+            if not preset.options:
+                raise ConfigError(f"model.options.{key}: model {name} has no options")
+            near = difflib.get_close_matches(key, list(preset.options), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ConfigError(
+                f"model.options.{key}: model {name} has no option '{key}'; {hint}"
+                f"its options: {', '.join(preset.options)}"
+            )
+    return {k: _option_value(name, k, given[k], d) if k in given else d for k, d in preset.options.items()}
+
+
+def _undeclared(cfg: ModelConfig, preset: _Preset) -> None:
+    """A built-in setting the preset does not declare may not be set."""
+    for f in PRESET_FIELDS:
+        if f not in preset.defaults and getattr(cfg, f) is not None:
+            mine = [k for k in preset.defaults if k not in _SHARED_DEFAULTS]
+            has = (
+                f"its settings: {', '.join(f'model.{k}' for k in mine)}"
+                if mine
+                else "it declares none of the built-in settings"
+            )
+            opts = f"; its options: {', '.join(f'model.options.{k}' for k in preset.options)}" if preset.options else ""
+            raise ConfigError(
+                f"model.{f}: model {cfg.name} does not declare the setting {f} "
+                f"(register_model({cfg.name!r}, ..., {f}=<default>) to honour it); {has}{opts}"
+            )
+
+
 def _check(cfg: ModelConfig) -> None:
-    """Build ``cfg`` on the meta device (no memory, no weights) so every setting is checked up front."""
+    """Build ``cfg`` on the meta device (no memory, no weights) so every setting is checked up front.
+
+    A plugin's network is built on the CPU and runs a (2, 3, 32, 32) batch instead, once per config.
+    """
     preset = _preset(cfg.name)
-    with torch.device("meta"):
-        model = preset.build(cfg)
-    set_trainable(model, tuple(cfg.trainable or ()), cfg.name)
+    if preset.origin is not None:
+        _check_plugin(cfg, preset)
+    else:
+        with torch.device("meta"):
+            model = preset.build(cfg)
+        set_trainable(model, tuple(cfg.trainable or ()), cfg.name)
     if cfg.weights is not None and not Path(cfg.weights).expanduser().is_file():
         raise ConfigError(f"model.weights: no such file: {cfg.weights}")
 
 
-def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
-    """Return ``cfg`` with every ``None`` field replaced by the preset's own value, after checking it.
+def _check_plugin(cfg: ModelConfig, preset: _Preset) -> None:
+    """A plugin's build returns an ``nn.Module`` whose output for (2, 3, 32, 32) is (2, num_classes).
 
-    The check builds the network on the meta device (no memory) and checks that
-    a ``model.weights`` file exists, so a setting the preset cannot honour fails
-    here, before anything trains or is logged.
+    Run on the CPU under a forked random state (the global generator is left as it was), in eval
+    mode, without gradients; any error in the user's code is one line with its file and line.
+    """
+    key = (cfg.name, id(preset.build), cfg.model_dump_json(exclude={"weights"}))
+    if key in _CHECKED:
+        return
+    name = f"model {cfg.name} ({preset.origin})"
+
+    def fail(what: str, exc: Exception) -> ConfigError:
+        at = plugins.where(exc, [preset.origin or ""])
+        line = f" at line {at.rsplit(':', 1)[1]}" if at else ""
+        msg = (str(exc).strip().splitlines() or [""])[0]
+        return ConfigError(f"{name}: {what} raised {type(exc).__name__}{line}: {msg}")
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = preset.build(cfg)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise fail("build", exc) from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"{name}: build returned {type(model).__name__}, not a torch.nn.Module")
+        try:
+            with torch.no_grad():
+                out = model.eval()(torch.zeros(2, 3, 32, 32))
+        except Exception as exc:
+            raise fail("its forward pass on a (2, 3, 32, 32) batch", exc) from None
+    expected = (2, cfg.num_classes)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != expected:
+        raise ConfigError(
+            f"{name}: its output for a (2, 3, 32, 32) batch has shape {got}; expected {expected} (batch, num_classes)"
+        )
+    set_trainable(model, tuple(cfg.trainable or ()), cfg.name)
+    _CHECKED.add(key)
+
+
+def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
+    """Return ``cfg`` with every ``None`` field and every option filled in from the preset, after checking it.
+
+    The check builds the network on the meta device (no memory; a plugin's on the CPU, once, and
+    runs a (2, 3, 32, 32) batch through it) and checks that a ``model.weights`` file exists, so a
+    setting the preset cannot honour fails here, before anything trains or is logged.
 
     Raises:
-        ConfigError: ``cfg.name`` is not registered, or the preset cannot honour
-            a setting (the message names the ``model.<field>`` key).
+        ConfigError: ``cfg.name`` is not registered; a built-in setting the preset does not declare
+            is set; an option it does not declare or of another type than its default; the preset
+            cannot honour a setting; a plugin's network is no ``nn.Module`` or gives another output
+            shape (the message names the ``model.<field>`` key, or the model and its file).
     """
     preset = _preset(cfg.name)
-    filled = {k: v for k, v in preset.defaults.items() if getattr(cfg, k) is None}
+    _undeclared(cfg, preset)
+    filled: dict[str, Any] = {k: v for k, v in preset.defaults.items() if getattr(cfg, k) is None}
+    if cfg.options or preset.options:
+        filled["options"] = _options(cfg.name, preset, dict(cfg.options))
     resolved = cfg.model_copy(update=filled)
     _check(resolved)
     return resolved
