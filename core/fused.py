@@ -303,7 +303,7 @@ def _cuda_replicas(cfg: RunConfig, device: torch.device) -> int:
     import torch.nn.functional as F
 
     from core.models import create_model
-    from core.train import autocast_context
+    from core.precision import autocast_context
 
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import functools
 import platform
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["cpu_bf16_native", "cpu_features", "cpu_summary", "resolve_precision"]
+if TYPE_CHECKING:
+    from core.config import RunConfig
+
+__all__ = ["autocast_context", "cpu_bf16_native", "cpu_features", "cpu_summary", "resolve_precision"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _NATIVE_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
@@ -134,3 +139,19 @@ def cpu_summary() -> str:
         f"AVX512-BF16 {yes(f['avx512_bf16'])}, AMX-BF16 {yes(f['amx_bf16'])}: bf16 {native}, "
         f"train.precision auto = {resolve_precision('auto', 'cpu')}"
     )
+
+
+def autocast_context(cfg: RunConfig, device: torch.device) -> tuple[AbstractContextManager, bool]:
+    """``(context manager, use_grad_scaler)`` for ``train.precision`` on ``device``.
+
+    ``auto`` resolves as :func:`resolve_precision` says: bf16 on CUDA and on a CPU that computes
+    bf16 natively (AVX512-BF16 or AMX), fp32 elsewhere. bf16 and fp16 are ``torch.autocast``:
+    convolutions and matrix products in the low precision, the loss, BatchNorm's statistics and the
+    weights (so the optimiser's state) in fp32. Here, below ``core.train`` and ``core.fused``, which
+    both use it.
+    """
+    precision = resolve_precision(cfg.train.precision, device)
+    if precision == "fp32":
+        return nullcontext(), False
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), precision == "fp16"

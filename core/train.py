@@ -20,7 +20,6 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +35,7 @@ from core.data import Splits, load_splits
 from core.fused import Single, Stacked, fuse_group_size, per_replica_topk
 from core.metrics import confusion_matrix, per_class_accuracy
 from core.models import create_model, resolve_model_config
-from core.precision import resolve_precision
+from core.precision import autocast_context
 
 log = logging.getLogger(__name__)
 
@@ -158,21 +157,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast_context(cfg: RunConfig, device: torch.device):
-    """``(context manager, use_grad_scaler)`` for ``train.precision`` on ``device``.
-
-    ``auto`` resolves as :func:`core.precision.resolve_precision` says: bf16 on CUDA and on a CPU
-    that computes bf16 natively (AVX512-BF16 or AMX), fp32 elsewhere. bf16 and fp16 are
-    ``torch.autocast``: convolutions and matrix products in the low precision, the loss,
-    BatchNorm's statistics and the weights (so the optimiser's state) in fp32.
-    """
-    precision = resolve_precision(cfg.train.precision, device)
-    if precision == "fp32":
-        return nullcontext(), False
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype), precision == "fp16"
 
 
 def memory_format(cfg: RunConfig, device: torch.device) -> torch.memory_format:
