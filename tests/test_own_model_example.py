@@ -31,7 +31,9 @@ def _png_tree(root: Path, per_class: int = 20) -> Path:
         for name in CLASSES:
             (root / split / name).mkdir(parents=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / name / f"{i}.png"
+                )
     return root
 
 
@@ -91,5 +93,7 @@ def test_own_model_example_runs_sequentially_with_two_workers_and_predicts_from_
     image = elsewhere / "frog.png"
     Image.fromarray(np.full((48, 48, 3), 90, dtype=np.uint8)).save(image)
     env_fresh = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    pred = _ablate("predict", str(image), "--run", cells[0].info.run_id, "--top-k", "2", *stores, cwd=elsewhere, env=env_fresh)
+    pred = _ablate(
+        "predict", str(image), "--run", cells[0].info.run_id, "--top-k", "2", *stores, cwd=elsewhere, env=env_fresh
+    )
     assert pred.stdout.startswith(f"{image}: ") and "1. " in pred.stdout

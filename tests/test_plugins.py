@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from ablations.cli import main
 from ablations.study import StudyError, load_study, parse_sets
 from core.config import ConfigError, ModelConfig
 from core.models import create_model, list_models, resolve_model_config
+from core.models.plugins import import_file
 from core.models.registry import _forget_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,10 +120,16 @@ def test_options_as_set_mapping_and_search_key(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("model.options.width: eight", r"base: model.options.width: tiny_net takes an integer \(default 8\), got 'eight'"),
+        (
+            "model.options.width: eight",
+            r"base: model.options.width: tiny_net takes an integer \(default 8\), got 'eight'",
+        ),
         ("model.options.residual: on", r"model.options.residual: .* write true or false"),
-        ("model.options.widht: 4", r"model.options.widht: model tiny_net has no option 'widht'; did you mean 'width'\? "
-         r"its options: width, residual, scale"),
+        (
+            "model.options.widht: 4",
+            r"model.options.widht: model tiny_net has no option 'widht'; did you mean 'width'\? "
+            r"its options: width, residual, scale",
+        ),
         ("model.batchnorm: false", r"base: model.batchnorm: model tiny_net does not declare the setting batchnorm"),
         ("model.options.width: {a: 1}", r"model.options.width': an option is a number"),
     ],
@@ -300,3 +306,49 @@ def test_a_broken_entry_point_is_one_line(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("Error: entry point acme = acme_models (group ablate.models, distribution acme-models")
     assert "__init__.py:2: RuntimeError: broken" in out.stderr
+
+
+# ---- what a preset gets, a plugin gets: common random numbers, fused seeds ----
+
+
+def test_a_plugins_seeds_fuse_and_its_initial_weights_follow_the_seed(tmp_path):
+    import torch
+
+    from core.config import RunConfig, apply_overrides
+    from core.fused import unfusable_reason
+    from core.train import fit_many, resolve_config
+    from tests.conftest import tiny_splits
+
+    study = load_study(write(tmp_path))
+    cfg = study.cell_config(study.cells()[0])
+    a, b = (create_model(cfg.model, seed=s) for s in (0, 0))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert unfusable_reason(cfg) is None
+    fused = apply_overrides(cfg, {"train.fuse_seeds": 2, "train.precision": "fp32", "train.batch_size": 16})
+    results = fit_many(fused, [0, 1], tiny_splits(n_train=32, n_val=16, n_test=16), group_size=2)
+    assert len(results) == 2 and all(r.value("test_acc") >= 0 for r in results)
+
+    # a forward that vmap cannot batch (data-dependent control flow): one seed at a time, and why
+    branchy = """\
+from torch import nn
+from ablations import register_model
+
+
+class Branchy(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        y = self.fc(x.mean(dim=(-2, -1)))
+        return y if x.sum() > -1 else -y
+
+
+@register_model("branchy_net")
+def build(cfg):
+    return Branchy(cfg.num_classes)
+"""
+    (tmp_path / "branchy.py").write_text(branchy)
+    import_file(tmp_path / "branchy.py")
+    cfg = resolve_config(apply_overrides(RunConfig(), {"model.name": "branchy_net"}))
+    assert "model branchy_net does not run under torch.vmap" in (unfusable_reason(cfg) or "")
