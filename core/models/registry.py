@@ -346,7 +346,7 @@ def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
             isinstance(value, (list, tuple)) and all(isinstance(v, _OPTION_TYPES) for v in value)
         )
         if not _ok:
-            raise ConfigError(f"{where}: {name} takes a boolean, number, string or list, got {value!r}")
+            raise ConfigError(f"{where}: model {name} takes a boolean, number, string or list, got {value!r}")
         return value
     kind = type(default)
     ok = {
@@ -359,7 +359,7 @@ def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
         hint = ""
         if kind is bool and isinstance(value, str) and value.lower() in ("on", "off", "yes", "no", "y", "n"):
             hint = "; write true or false (YAML 1.2: on/off/yes/no are strings)"
-        raise ConfigError(f"{where}: {name} takes {_words(kind)} (default {default!r}), got {value!r}{hint}")
+        raise ConfigError(f"{where}: model {name} takes {_words(kind)} (default {default!r}), got {value!r}{hint}")
     if kind is float:
         return float(value)
     if kind in (list, tuple):
