@@ -113,7 +113,7 @@ def test_options_as_set_mapping_and_search_key(tmp_path):
     )
     assert load_study(write(tmp_path, study=search)).search.space["model.options.width"].high == 16
     bad = search.replace("{type: int, low: 4, high: 16}", "{type: categorical, choices: [wide]}")
-    with pytest.raises(StudyError, match=r"search.space.model.options.width: model.options.width: tiny_net takes"):
+    with pytest.raises(StudyError, match=r"search.space.model.options.width: model.options.width: model tiny_net"):
         load_study(write(tmp_path, study=bad))
 
 
@@ -122,7 +122,7 @@ def test_options_as_set_mapping_and_search_key(tmp_path):
     [
         (
             "model.options.width: eight",
-            r"base: model.options.width: tiny_net takes an integer \(default 8\), got 'eight'",
+            r"base: model.options.width: model tiny_net takes an integer \(default 8\), got 'eight'",
         ),
         ("model.options.residual: on", r"model.options.residual: .* write true or false"),
         (
@@ -142,7 +142,10 @@ def test_options_are_validated_by_the_defaults_types(tmp_path, change, message):
 
 def test_a_factor_level_of_the_wrong_type_names_its_arm(tmp_path):
     study = STUDY.replace("[true, false]", "[true, 3]")
-    with pytest.raises(StudyError, match=r"model.options.residual: tiny_net takes a boolean"):
+    with pytest.raises(
+        StudyError,
+        match=r"residual=3\): model.options.residual: model tiny_net takes a boolean \(default true\), got 3",
+    ):
         load_study(write(tmp_path, study=study))
 
 

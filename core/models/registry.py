@@ -359,7 +359,8 @@ def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
         hint = ""
         if kind is bool and isinstance(value, str) and value.lower() in ("on", "off", "yes", "no", "y", "n"):
             hint = "; write true or false (YAML 1.2: on/off/yes/no are strings)"
-        raise ConfigError(f"{where}: model {name} takes {_words(kind)} (default {default!r}), got {value!r}{hint}")
+        shown = str(default).lower() if isinstance(default, bool) else repr(default)  # true, as a study file writes it
+        raise ConfigError(f"{where}: model {name} takes {_words(kind)} (default {shown}), got {value!r}{hint}")
     if kind is float:
         return float(value)
     if kind in (list, tuple):
