@@ -355,3 +355,59 @@ def build(cfg):
     import_file(tmp_path / "branchy.py")
     cfg = resolve_config(apply_overrides(RunConfig(), {"model.name": "branchy_net"}))
     assert "model branchy_net does not run under torch.vmap" in (unfusable_reason(cfg) or "")
+
+
+# ---- the code is logged with every run: a study's cells and a search's trials ----
+
+
+def _code_of(client, run) -> tuple[list, str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(client.download_artifacts(run.info.run_id, "code/models.py", tmp)).read_text()
+    return json.loads(run.data.tags["ablate.code"]), text
+
+
+def test_every_run_and_the_parent_log_the_code_and_a_run_rebuilds_its_model(tmp_path, monkeypatch):
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    import ablations.hpsearch as hpsearch
+    import ablations.runner as runner
+    from ablations.inference import load_run
+    from ablations.tracking import resolve_tracking_uri
+    from tests.conftest import tiny_splits
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())
+    summary = runner.run_study(load_study(write(tmp_path)), progress=False)
+    assert len(summary.trained) == 4
+    search = STUDY.replace("seeds: [0, 1]\n", "") + (
+        "search:\n  space:\n    model.options.width: {type: int, low: 4, high: 8}\n  n_trials: 1\n"
+    )
+    (tmp_path / "search.yaml").write_text(search.replace("name: mine", "name: mine_search"))
+    hpsearch.run_search(load_study(tmp_path / "search.yaml"), progress=False)
+
+    client = MlflowClient(resolve_tracking_uri(None))
+    expected = [{"name": "models.py", "sha256": hashlib.sha256(MODEL.encode()).hexdigest()}]
+    for name in ("mine", "mine_search"):
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id])
+        assert {r.data.tags["ablate.role"] for r in runs} == {"parent", "cell"}
+        for run in runs:
+            assert _code_of(client, run) == (expected, MODEL)
+
+    # evaluate/predict: the model is rebuilt from the code the run logged, also once the file has changed
+    cell = next(
+        r
+        for r in client.search_runs([client.get_experiment_by_name("mine").experiment_id])
+        if "cell" in r.data.tags.get("ablate.role", "")
+    )
+    _forget_plugins()
+    (tmp_path / "models.py").write_text("raise RuntimeError('this file is not what the run trained')\n")
+    loaded = load_run(cell.info.run_id)
+    assert loaded.config.model.name == "tiny_net" and loaded.model(__import__("torch").zeros(1, 3, 32, 32)).shape == (
+        1,
+        10,
+    )
