@@ -71,6 +71,7 @@ def test_own_model_example_runs_sequentially_with_two_workers_and_predicts_from_
         env=env,
     )
     assert "model.options.residual=true" in run.stdout and "sequential:" in run.stdout
+    assert "the report and its figures are on parent run" in run.stdout  # what ablate ui shows
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("own_model")

@@ -398,6 +398,13 @@ def test_every_run_and_the_parent_log_the_code_and_a_run_rebuilds_its_model(tmp_
         for run in runs:
             assert _code_of(client, run) == (expected, MODEL)
 
+    from ablations.tracking import Tracker
+    from ablations.ui import prepare_view, publish_report
+
+    view = prepare_view(Tracker(), "mine")  # the UI's view: a column per factor, model.options.residual too
+    assert view.experiment_id == client.get_experiment_by_name("mine").experiment_id
+    assert publish_report("mine", None) is not None
+
     # evaluate/predict: the model is rebuilt from the code the run logged, also once the file has changed
     cell = next(
         r
