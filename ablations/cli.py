@@ -758,6 +758,14 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     help="With --checkpoint: the run's config.yaml (default: the cnn4 defaults).",
 )
 @click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    metavar="CODE",
+    help="With --checkpoint: code that registers the run's model, a file or module as in a study's imports: "
+    "(a RUN_ID imports the code it logged itself).",
+)
+@click.option(
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -765,7 +773,12 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 )
 @tracking_option
 def evaluate_cmd(
-    run_id: str | None, checkpoint: Path | None, config_file: Path | None, output: Path | None, tracking_uri: str | None
+    run_id: str | None,
+    checkpoint: Path | None,
+    config_file: Path | None,
+    imports: tuple[str, ...],
+    output: Path | None,
+    tracking_uri: str | None,
 ) -> None:
     """Test loss, top-1/top-3, per-class accuracy, confusion matrix and misclassified images of RUN_ID.
 
@@ -784,6 +797,15 @@ def evaluate_cmd(
 
     if bool(run_id) == bool(checkpoint):
         raise click.UsageError("give a RUN_ID or --checkpoint PATH (one of them)")
+    if imports and run_id:
+        raise click.UsageError("--import goes with --checkpoint: a RUN_ID imports the code it logged")
+    from core.models.plugins import PluginError, import_code
+
+    try:
+        for code in imports:
+            import_code(code)
+    except PluginError as exc:
+        raise click.ClickException(f"--import {exc}") from None
     try:
         if run_id:
             loaded = load_run(run_id, tracking_uri)

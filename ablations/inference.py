@@ -74,12 +74,17 @@ def load_checkpoint(checkpoint: str | Path, config: RunConfig | None = None, dev
         device: ``auto``, ``cpu``, ``cuda``, ...
 
     Raises:
-        InferenceError: the file is missing or does not fit the model.
+        InferenceError: the file is missing or does not fit the model, or the config names a model
+            not registered here.
     """
     path = Path(checkpoint)
     if not path.is_file():
         raise InferenceError(f"{path}: no such checkpoint file")
-    cfg = resolve_config(config or RunConfig())
+    try:
+        cfg = resolve_config(config or RunConfig())
+    except ConfigError as exc:  # e.g. a model of the user's own whose code is not imported here
+        hint = "; a model of your own: give --import with its file" if "unknown model" in str(exc) else ""
+        raise InferenceError(f"{path}: {exc}{hint}") from None
     dev = select_device(device)
     # Build from the checkpoint itself: the pretrained file the run started from may not be on this machine.
     try:

@@ -2,7 +2,11 @@
 
 A study file (YAML) has ``name``, ``question``, ``base`` (dotted overrides of
 the run config), ``factors`` (factor -> levels), ``seeds``, ``metric`` (name,
-direction) and ``profiles`` (named budgets that override ``base``). Everything
+direction) and ``profiles`` (named budgets that override ``base``). ``imports``
+names code that registers the user's own models (files relative to the study
+file, or module names; ``core.models.plugins``): it is imported first, its
+contents are part of the study key (:attr:`Study.key`), and a model's own
+options are dotted keys like any other (``model.options.residual``). Everything
 is validated before anything runs: an unknown key, factor or level, a wrong
 type or an empty factor raises :class:`StudyError` naming the file, the key
 path and the valid choices.
@@ -347,7 +351,10 @@ def load_study(
         StudyError: missing file, bad YAML, unknown key/factor/level/profile,
             wrong type, empty factor, a search space key that is no config key or
             does not take its bounds or choices, a sampler or pruner Optuna does
-            not accept. The message names the file and key path.
+            not accept, an ``imports`` entry that cannot be imported (its file and
+            line), a model option it does not declare or of another type, a plugin
+            network that is no ``nn.Module`` or gives another output shape. The
+            message names the file and key path.
     """
     path = Path(path)
     if not path.is_file():

@@ -418,3 +418,23 @@ def test_every_run_and_the_parent_log_the_code_and_a_run_rebuilds_its_model(tmp_
         1,
         10,
     )
+
+
+def test_evaluate_a_checkpoint_of_a_plugin_model_with_import(tmp_path, monkeypatch):
+    import torch
+    import yaml
+
+    study = load_study(write(tmp_path))
+    cfg = study.cell_config(study.cells()[0])
+    torch.save(create_model(cfg.model, seed=0).state_dict(), tmp_path / "best.pt")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    _forget_plugins()  # a fresh process: nothing registers tiny_net
+    monkeypatch.setenv("ABLATE_DATA", str(tmp_path / "nowhere"))
+    args = ["evaluate", "--checkpoint", str(tmp_path / "best.pt"), "--config", str(tmp_path / "config.yaml")]
+    without = CliRunner().invoke(main, args)
+    assert without.exit_code == 1 and "unknown model 'tiny_net'" in without.output
+    monkeypatch.chdir(tmp_path)
+    imported = CliRunner().invoke(main, [*args, "--import", "models.py"])
+    assert imported.exit_code == 1 and "nowhere" in imported.output  # the model is built; the data is missing
+    bad = CliRunner().invoke(main, [*args, "--import", "missing.py"])
+    assert bad.exit_code == 1 and bad.output.strip() == "Error: --import missing.py: no such file"
