@@ -438,3 +438,22 @@ def test_evaluate_a_checkpoint_of_a_plugin_model_with_import(tmp_path, monkeypat
     assert imported.exit_code == 1 and "nowhere" in imported.output  # the model is built; the data is missing
     bad = CliRunner().invoke(main, [*args, "--import", "missing.py"])
     assert bad.exit_code == 1 and bad.output.strip() == "Error: --import missing.py: no such file"
+
+
+def test_the_built_in_presets_register_through_the_public_decorator():
+    import ablations
+    import core.models
+    from core.models.registry import _REGISTRY
+
+    assert ablations.register_model is core.models.register_model
+    assert {n for n, p in _REGISTRY.items() if p.origin is None} == {
+        "cnn3",
+        "cnn4",
+        "cnn5",
+        "cnn_s002",
+        "cnn_s003",
+        "resnet18",
+        "resnet18_imagenet",
+    }
+    src = (ROOT / "core" / "models" / "cnn.py").read_text() + (ROOT / "core" / "models" / "resnet.py").read_text()
+    assert src.count("@register_model(") == 7
