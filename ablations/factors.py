@@ -30,6 +30,15 @@ FACTORS: dict[str, str] = {
     "scheduler": "schedule.name",  # learning-rate schedule
     "optimizer": "optim.name",  # adam / sgd
     "model": "model.name",  # registered network
+    # training tricks (docs/tricks.md), each off at 0 / false
+    "label_smoothing": "train.label_smoothing",  # e of the smoothed targets
+    "mixup": "augment.mixup",  # Beta alpha of mixup
+    "cutmix": "augment.cutmix",  # Beta alpha of CutMix
+    "mix_prob": "augment.mix_prob",  # probability that a batch is mixed
+    "warmup_epochs": "schedule.warmup_epochs",  # epochs of linear lr warmup
+    "ema": "train.ema",  # decay of the weights' moving average
+    "no_bias_decay": "optim.no_bias_decay",  # no weight decay on biases and norms: true / false
+    "grad_clip": "train.grad_clip",  # max gradient norm per run
 }
 
 

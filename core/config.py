@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "AugmentConfig",
@@ -110,6 +110,13 @@ class AugmentConfig(_Section):
     brightness: float = 0.2  # colour jitter: factor drawn from [1-b, 1+b] (seed 000 uses ColorJitter)
     contrast: float = 0.2  # colour jitter: factor drawn from [1-c, 1+c]
     erasing: float = 0.25  # random erasing probability per image (seed 000 uses RandomErasing)
+    # Mixing whole batches (core.tricks.BatchMix), after the per-image operations: the alpha of the Beta
+    # distribution of the mixing weight, 0 = off. mixup: Zhang et al. 2018 (alpha 1 on CIFAR-10, 0.2 on
+    # ImageNet, as He et al. 2019); cutmix: Yun et al. 2019 (alpha 1). With both on, each mixed batch is one
+    # of the two, cutmix with probability 0.5 (timm's switch_prob, torchvision's RandomChoice).
+    mixup: float = Field(0.0, ge=0.0)
+    cutmix: float = Field(0.0, ge=0.0)
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)  # probability that a batch is mixed (timm's prob; CutMix: 0.5)
     mean: tuple[float, float, float] = CIFAR10_MEAN  # normalisation, per channel
     std: tuple[float, float, float] = CIFAR10_STD
 
@@ -122,6 +129,9 @@ class OptimConfig(_Section):
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
     weight_decay: float = 0.0  # seed 000: none
+    # Weight decay only on the weights of convolutions and linear layers, none on biases and norms'
+    # weights and biases (He et al. 2019, "Bag of Tricks", no bias decay; the cifar10-airbench records)
+    no_bias_decay: bool = False
 
 
 class ScheduleConfig(_Section):
@@ -133,6 +143,15 @@ class ScheduleConfig(_Section):
     patience: int = 2  # plateau: epochs without a better validation loss before the lr is cut
     max_lr_factor: float = 10.0  # OneCycle: peak lr = optim.lr x this (Smith & Topin 2017 use ~10x)
     min_lr: float = 0.0  # cosine: the lr reached at the last epoch
+    # Linear warmup over this many epochs, stepped per batch, before the schedule starts (LinearLR then
+    # SequentialLR; Goyal et al. 2017 and He et al. 2019 warm up 5 epochs). 0: off; not with onecycle.
+    warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _onecycle_warms_up_itself(self) -> ScheduleConfig:
+        if self.warmup_epochs and self.name == "onecycle":
+            raise ValueError("schedule.warmup_epochs must be 0 with schedule.name=onecycle, which warms up itself")
+        return self
 
 
 class TrainConfig(_Section):
@@ -147,6 +166,13 @@ class TrainConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and CPU, off for MPS
     max_steps: int | None = None  # stop each epoch after this many batches (benchmarks, smoke)
     early_stopping: int | None = None  # stop after this many epochs without a better val loss (seed 003)
+    # Cross-entropy against (1 - e) one-hot + e / classes (Szegedy et al. 2016 and He et al. 2019: e = 0.1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Decay of an exponential moving average of the weights, updated after every step and evaluated, kept
+    # and checkpointed in place of the raw weights (BatchNorm statistics copied); 0: off. Typical: 0.999.
+    ema: float = Field(0.0, ge=0.0, lt=1.0)
+    # Max total L2 norm of each run's gradient, clip_grad_norm_ per seed (Pascanu et al. 2013); 0: off
+    grad_clip: float = Field(0.0, ge=0.0)
     # Seeds of one config trained side by side as one fused model (core.fused): "off", a group size
     # K, or "auto" (on CUDA as many as fit in free memory, up to 16; one at a time on the CPU, where
     # benchmarks/fused.py measured it slower: docs/performance.md). Results are the same as one at a time.
@@ -292,11 +318,31 @@ _NOT_HASHED = (
 )
 
 
+# Keys added after studies had been run, all off by default: hashed only when they differ from their
+# default, so a config that leaves them alone (every study written before them) keeps its hash and its runs.
+_HASHED_WHEN_SET = (
+    "augment.mixup",
+    "augment.cutmix",
+    "augment.mix_prob",
+    "optim.no_bias_decay",
+    "schedule.warmup_epochs",
+    "train.label_smoothing",
+    "train.ema",
+    "train.grad_clip",
+)
+
+
 def config_hash(cfg: RunConfig) -> str:
     """A short, stable hash (12 hex digits) of the settings that change results.
 
-    Leaves out where the data lives and which device trains (``_NOT_HASHED``).
+    Leaves out where the data lives and which device trains (``_NOT_HASHED``), and the training tricks
+    at their defaults (``_HASHED_WHEN_SET``: configs from before they existed hash as they did).
     """
-    flat = {k: v for k, v in flatten(cfg).items() if k not in _NOT_HASHED}
+    defaults = flatten(RunConfig())
+    flat = {
+        k: v
+        for k, v in flatten(cfg).items()
+        if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == defaults[k])
+    }
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -79,12 +79,25 @@ class Single:
         """The parameters the optimiser steps (frozen ones, ``model.trainable``, left out)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def named_trainable(self) -> list[tuple[str, Tensor]]:
+        """:meth:`trainable` with the parameters' names (``features.0.0.weight``, ...)."""
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def tensors(self) -> tuple[list[Tensor], list[Tensor]]:
+        """``(parameters, buffers)`` in a fixed order, the same in a :meth:`clone`."""
+        return list(self.model.parameters()), list(self.model.buffers())
+
+    def clone(self) -> Single:
+        """A copy with tensors of its own and no gradients (the weights' moving average, ``train.ema``)."""
+        model = copy.deepcopy(self.model).requires_grad_(False)
+        return Single(model)
+
     def state_dict(self, j: int) -> dict[str, Tensor]:
         """Replica ``j``'s (here: the model's) state dict, copied to the CPU."""
         assert j == 0
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
-    def keep(self, js: Sequence[int], opt: torch.optim.Optimizer) -> None:
+    def keep(self, js: Sequence[int], opt: torch.optim.Optimizer | None = None) -> None:
         """Nothing to drop with one replica: the run ends when it does."""
 
 
@@ -212,18 +225,34 @@ class Stacked:
         """The stacked leaves the optimiser steps (frozen parameters left out)."""
         return [p for p in self.params.values() if p.requires_grad]
 
+    def named_trainable(self) -> list[tuple[str, Tensor]]:
+        """:meth:`trainable` with the model's parameter names; each leaf is (K, ...)."""
+        return [(n, p) for n, p in self.params.items() if p.requires_grad]
+
+    def tensors(self) -> tuple[list[Tensor], list[Tensor]]:
+        """``(parameters, buffers)``, stacked (K, ...), in a fixed order, the same in a :meth:`clone`."""
+        return list(self.params.values()), list(self.buffers.values())
+
+    def clone(self) -> Stacked:
+        """A copy with stacked tensors of its own and no gradients (the weights' moving average,
+        ``train.ema``); it shares the structure and the (compiled) vmapped forward."""
+        twin = copy.copy(self)
+        twin.params = {n: p.detach().clone() for n, p in self.params.items()}
+        twin.buffers = {n: b.clone() for n, b in self.buffers.items()}
+        return twin
+
     def state_dict(self, j: int) -> dict[str, Tensor]:
         """Replica ``j``'s ordinary state dict (the model's keys, persistent buffers only), on the CPU."""
         every = {**self.params, **self.buffers}
         return {n: every[n][j].detach().cpu().clone() for n in self.persistent}
 
     @torch.no_grad()
-    def keep(self, js: Sequence[int], opt: torch.optim.Optimizer) -> None:
+    def keep(self, js: Sequence[int], opt: torch.optim.Optimizer | None = None) -> None:
         """Keep only replicas ``js`` (in that order), slicing the optimiser's state to match.
 
         The optimiser object stays (a learning-rate schedule holds it); its parameter leaves and
         their per-element state (Adam's moments, SGD's momentum) are replaced by their slices, so
-        the kept seeds go on exactly as before.
+        the kept seeds go on exactly as before. ``opt`` None: the replicas alone (a :meth:`clone`).
         """
         index = torch.tensor(list(js), device=next(iter(self.params.values())).device)
         old_to_new: dict[Tensor, Tensor] = {}
@@ -233,7 +262,7 @@ class Stacked:
             old_to_new[p] = q
         for n, b in list(self.buffers.items()):
             self.buffers[n] = b.index_select(0, index).clone()
-        for group in opt.param_groups:
+        for group in opt.param_groups if opt is not None else []:
             new = []
             for p in group["params"]:
                 q = old_to_new[p]
@@ -316,6 +345,8 @@ def _cuda_replicas(cfg: RunConfig, device: torch.device) -> int:
     loss.backward()
     peak = torch.cuda.max_memory_allocated(device) - start
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    if cfg.train.ema:  # the moving average: one more copy of every parameter and buffer
+        moments += sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     del model, loss, x
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)

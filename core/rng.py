@@ -12,6 +12,8 @@ stream name               used for
 ``dropout:<module name>`` one dropout layer's masks (``core.models.dropout``)
 ``order``                 the order of the training images in each epoch
 ``augment:<op>``          one augmentation operation (``crop``, ``flip``, ``rotation``, ...)
+``mix:<what>``            batch mixing (``core.tricks.BatchMix``): ``apply`` (whether and which),
+                          ``mixup`` and ``cutmix`` (their Beta draws, the box), ``pairs`` (partners)
 ========================= ==================================================================
 
 so turning rotation on does not shift the crop draws, and a BatchNorm after a conv does not
@@ -23,9 +25,10 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
-__all__ = ["AUGMENT_OPS", "augment_generators", "generator", "stream_seed"]
+__all__ = ["AUGMENT_OPS", "augment_generators", "generator", "numpy_generator", "stream_seed"]
 
 # The augmentation operations with a stream each (core.augment.BatchAugment's draws).
 AUGMENT_OPS = ("crop", "flip", "rotation", "brightness", "contrast", "erasing")
@@ -48,6 +51,15 @@ def stream_seed(seed: int, name: str) -> int:
 def generator(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
     """A fresh ``torch.Generator`` on ``device`` seeded with :func:`stream_seed` ``(seed, name)``."""
     return torch.Generator(device=device).manual_seed(stream_seed(seed, name))
+
+
+def numpy_generator(seed: int, name: str) -> np.random.Generator:
+    """A fresh NumPy ``Generator`` (PCG64) seeded with :func:`stream_seed` ``(seed, name)``.
+
+    For draws torch cannot make from a ``torch.Generator``, such as Beta variates (mixup's and
+    CutMix's mixing weights): drawn on the CPU, a few numbers per batch, the same on every device.
+    """
+    return np.random.Generator(np.random.PCG64(stream_seed(seed, name)))
 
 
 def augment_generators(seed: int, device: torch.device | str = "cpu") -> dict[str, torch.Generator]:

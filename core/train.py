@@ -36,6 +36,7 @@ from core.fused import Single, Stacked, fuse_group_size, per_replica_topk
 from core.metrics import confusion_matrix, per_class_accuracy
 from core.models import create_model, resolve_model_config
 from core.precision import autocast_context
+from core.tricks import BatchMix, Ema, clip_grad_norms, decayed_names, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -182,31 +183,53 @@ def _optimizer(cfg: RunConfig, params: list[Tensor]) -> torch.optim.Optimizer:
 
 
 class _Schedule:
-    """The learning-rate schedule: stepped after each batch (OneCycle) or each epoch (the others)."""
+    """The learning-rate schedule: stepped after each batch (OneCycle, the warmup) or each epoch (the others).
+
+    With ``schedule.warmup_epochs`` W > 0 the first W epochs' steps (W x steps per epoch of them) raise the
+    lr linearly, ``LinearLR(start_factor=1/(n+1), total_iters=n)`` over those n steps: step t (from 0) trains
+    at ``lr * (t + 1) / (n + 1)``, and the first step after the warmup at ``lr``. Then the schedule starts
+    from its beginning, as ``SequentialLR`` with the milestone n does (Goyal et al. 2017, "Accurate, Large
+    Minibatch SGD": 5 epochs; He et al. 2019 likewise); cosine anneals over the epochs left.
+    """
 
     def __init__(self, cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int) -> None:
         s, sched = cfg.schedule, torch.optim.lr_scheduler
         self.name = s.name
+        self.warmup_epochs, self.warmup_steps = s.warmup_epochs, s.warmup_epochs * steps_per_epoch
+        self.steps = self.epochs = 0  # taken so far
+        main_epochs = max(1, cfg.train.epochs - s.warmup_epochs)
         self.sched = {
             "none": lambda: None,
             "step": lambda: sched.StepLR(opt, step_size=s.step_size, gamma=s.gamma),
-            "cosine": lambda: sched.CosineAnnealingLR(opt, T_max=cfg.train.epochs, eta_min=s.min_lr),
+            "cosine": lambda: sched.CosineAnnealingLR(opt, T_max=main_epochs, eta_min=s.min_lr),
             # Smith & Topin (2017), "Super-convergence": one cycle up to max_lr and down over the whole run
             "onecycle": lambda: sched.OneCycleLR(
                 opt, max_lr=cfg.optim.lr * s.max_lr_factor, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch
             ),
             "plateau": lambda: sched.ReduceLROnPlateau(opt, factor=s.gamma, patience=s.patience),
         }[s.name]()
+        self.warmup = None
+        if self.warmup_steps:  # onecycle is refused by ScheduleConfig
+            n = self.warmup_steps
+            self.warmup = sched.LinearLR(opt, start_factor=1.0 / (n + 1), total_iters=n)
+            if self.name in ("step", "cosine"):
+                self.warmup = sched.SequentialLR(opt, [self.warmup, self.sched], milestones=[n])
 
     def after_batch(self) -> None:
-        if self.name == "onecycle":
+        if self.steps < self.warmup_steps:
+            self.warmup.step()  # the n-th step of a SequentialLR starts the schedule at its epoch 0
+        elif self.name == "onecycle":
             self.sched.step()
+        self.steps += 1
 
     def after_epoch(self, val_loss: float, train_loss: float) -> None:
+        self.epochs += 1
+        if self.epochs <= self.warmup_epochs:
+            return
         if self.name == "plateau":
             self.sched.step(val_loss if math.isfinite(val_loss) else train_loss)  # no val set: watch train loss
-        elif self.name not in ("none", "onecycle"):
-            self.sched.step()
+        elif self.name in ("step", "cosine"):
+            (self.warmup or self.sched).step()
 
 
 @torch.no_grad()
@@ -401,12 +424,20 @@ def _fit_group(
     else:
         reps = Stacked(models, device, compiled)
     del models
-    opt = _optimizer(cfg, reps.trainable())
+    # optim.no_bias_decay: weight decay on the convs' and linears' weights only (core.tricks)
+    params = param_groups(reps.named_trainable(), decayed_names(template)) if cfg.optim.no_bias_decay else None
+    opt = _optimizer(cfg, params or reps.trainable())
     autocast, use_scaler = autocast_context(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     augment = BatchAugment(cfg.augment)
     order_gens = [rng.generator(s, "order", device) for s in seeds]
     augment_gens = [rng.augment_generators(s, device) for s in seeds]
+    # The tricks of core.tricks, each per seed: mixing from the seed's own streams, its own gradient
+    # norm, its own average of the weights (evaluated, kept and checkpointed in place of the raw ones).
+    mix = BatchMix(cfg.augment, cfg.model.num_classes)
+    mix_gens = [BatchMix.generators(s) for s in seeds] if mix.on else []
+    ema = Ema(reps, cfg.train.ema) if cfg.train.ema else None
+    smoothing = cfg.train.label_smoothing
 
     n, bs = len(data.train_x), cfg.train.batch_size
     steps = n // bs if n >= bs else 1  # drop the last partial batch: steady shapes, as the seeds' loaders
@@ -415,7 +446,7 @@ def _fit_group(
     sched = _Schedule(cfg, opt, steps)
     for run in runs:
         run.call("on_fit_start", run.cfg, steps)
-    live = _drop_done(reps, opt, runs, list(range(len(runs))))  # replica j trains seed live[j]
+    live = _drop_done(reps, opt, runs, list(range(len(runs))), ema)  # replica j trains seed live[j]
 
     for epoch in range(1, cfg.train.epochs + 1):
         if not live:
@@ -435,16 +466,27 @@ def _fit_group(
             xb = augment.apply(data.train_x[idx.reshape(-1)], u).contiguous(memory_format=fmt)
             xb = xb.view(k, b, *xb.shape[1:])  # (K, B, 3, H, W) float
             yb = data.train_y[idx]  # (K, B)
+            targets = yb.reshape(-1)  # (K*B,) labels, or (K*B, C) soft targets when mixed
+            if mix.on:
+                mixes = [mix.draw(b, *xb.shape[-2:], mix_gens[i]) for i in live]
+                xb, soft = mix.apply(xb, yb, mixes)
+                xb = xb.flatten(0, 1).contiguous(memory_format=fmt).view(xb.shape)
+                targets = soft.flatten(0, 1)
             with autocast:
                 logits = reps(xb)  # (K, B, C)
                 # (autocast computes cross_entropy in float32)
-                losses = F.cross_entropy(logits.flatten(0, 1), yb.reshape(-1), reduction="none")
+                losses = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none", label_smoothing=smoothing)
                 losses = losses.view(k, b).mean(1)  # (K,) each seed's mean loss
             opt.zero_grad(set_to_none=True)
             # The seeds' parameters are disjoint, so the gradient of the sum is each seed's own gradient.
             scaler.scale(losses.sum()).backward()
+            if cfg.train.grad_clip:
+                scaler.unscale_(opt)  # fp16: clip the true gradient (a no-op without a scaler)
+                clip_grad_norms(reps.trainable(), cfg.train.grad_clip, stacked=isinstance(reps, Stacked))
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update(reps)
             sched.after_batch()
             loss_sum += losses.detach() * b  # stays on the device: no sync per step
             correct += per_replica_topk(logits.detach(), yb)
@@ -461,14 +503,15 @@ def _fit_group(
         for i in live:
             if not math.isfinite(train_losses[i]) and not runs[i].done:
                 runs[i].outcome, runs[i].done = DivergedError(epoch, train_losses[i]), True
-        live = _drop_done(reps, opt, runs, live)
+        live = _drop_done(reps, opt, runs, live, ema)
         if not live:
             break
 
         # ---- validation, bookkeeping, per seed ----
         has_val = len(data.val_x) > 0
         nan = {"loss": math.nan, "acc": math.nan}
-        vals = _evaluate_replicas(reps, device, data.val_x, data.val_y, cfg) if has_val else [nan] * len(live)
+        kept = reps if ema is None else ema.reps  # what is evaluated, selected and checkpointed
+        vals = _evaluate_replicas(kept, device, data.val_x, data.val_y, cfg) if has_val else [nan] * len(live)
         for j, i in enumerate(live):
             run, val = runs[i], vals[j]
             metrics = {
@@ -483,7 +526,7 @@ def _fit_group(
             run.history.append(metrics)
             score = val["acc"] if has_val else epoch  # no validation set: keep the last epoch
             if score > run.best_acc:
-                run.best_acc, run.best_epoch, run.best_state = score, epoch, reps.state_dict(j)
+                run.best_acc, run.best_epoch, run.best_state = score, epoch, kept.state_dict(j)
         # One lr schedule for the group (the config is shared); plateau, which watches a run's own
         # validation loss, trains alone (core.fused.unfusable_reason).
         sched.after_epoch(vals[0]["loss"], train_losses[live[0]])
@@ -496,10 +539,10 @@ def _fit_group(
                 else:
                     run.stale_epochs += 1
                 run.done = run.stale_epochs >= cfg.train.early_stopping
-        live = _drop_done(reps, opt, runs, live)
+        live = _drop_done(reps, opt, runs, live, ema)
 
     # ---- each seed's kept weights on the test set ----
-    del reps, opt
+    del reps, opt, ema
     results: list[FitResult | Exception] = []
     for run in runs:
         if run.outcome is not None:
@@ -530,11 +573,15 @@ def _fit_group(
     return results
 
 
-def _drop_done(reps: Single | Stacked, opt: torch.optim.Optimizer, runs: list[_Seed], live: list[int]) -> list[int]:
-    """Remove the replicas of ended seeds from the fused model; return the seeds still training."""
+def _drop_done(
+    reps: Single | Stacked, opt: torch.optim.Optimizer, runs: list[_Seed], live: list[int], ema: Ema | None = None
+) -> list[int]:
+    """Remove the replicas of ended seeds from the fused model (and its average); return the seeds still training."""
     keep = [j for j, i in enumerate(live) if not runs[i].done]
     if len(keep) == len(live):
         return live
     if keep:
         reps.keep(keep, opt)
+        if ema is not None:
+            ema.keep(keep)
     return [live[j] for j in keep]

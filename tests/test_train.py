@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
+import core.train as train_mod
 from core.config import RunConfig, apply_overrides
-from core.train import Callback, DivergedError, fit, select_device
+from core.models import create_model
+from core.train import Callback, DivergedError, fit, resolve_config, select_device
 from tests.conftest import tiny_splits
 
 TINY = {"train.epochs": 2, "train.batch_size": 16, "train.device": "cpu"}
@@ -52,10 +54,27 @@ def test_same_seed_same_result_different_seed_differs():
     assert a.history[-1]["train_loss"] != c.history[-1]["train_loss"]
 
 
-def test_best_validation_weights_are_kept():
-    result = fit(apply_overrides(RunConfig(), {**TINY, "train.epochs": 3}), tiny_splits())
+def test_best_validation_weights_are_kept(monkeypatch):
+    """The kept weights are those of the epoch with the best validation accuracy, not the last epoch's."""
+    models, states = [], []
+    real_create = train_mod.create_model
+
+    def create(cfg, seed=0):
+        models.append(real_create(cfg, seed=seed))  # one seed: the loop trains this very module
+        return models[-1]
+
+    class Snapshot(Callback):
+        def on_epoch_end(self, epoch, metrics):
+            states.append({k: v.detach().clone() for k, v in models[0].state_dict().items()})
+
+    monkeypatch.setattr(train_mod, "create_model", create)
+    result = fit(apply_overrides(RunConfig(), {**TINY, "train.epochs": 4}), tiny_splits(), [Snapshot()])
     accs = [h["val_acc"] for h in result.history]
     assert result.best_epoch == accs.index(max(accs)) + 1
+    assert result.best_epoch < 4  # (the case this test is about: the last epoch is not the best)
+    for key, value in states[result.best_epoch - 1].items():
+        assert torch.equal(result.state_dict[key], value), key
+    assert not all(torch.equal(result.state_dict[k], v) for k, v in states[-1].items())
 
 
 def test_sgd_and_step_schedule_decay_the_lr():
@@ -96,18 +115,33 @@ def test_device_auto_falls_back_to_cpu():
 @pytest.mark.parametrize("name", ["cosine", "onecycle", "plateau"])
 def test_schedulers_change_the_lr(name):
     cfg = apply_overrides(RunConfig(), {**TINY, "train.epochs": 3, "schedule.name": name, "schedule.patience": 0})
-    lrs = [h["lr"] for h in fit(cfg, tiny_splits()).history]
+    history = fit(cfg, tiny_splits()).history
+    lrs = [h["lr"] for h in history]
     if name == "cosine":
         assert lrs[0] == pytest.approx(1e-3) and lrs[0] > lrs[1] > lrs[2]
     elif name == "onecycle":  # stepped per batch: warms up above the base lr, then anneals far below it
         assert max(lrs) > 1e-3 and lrs[-1] < max(lrs) / 10
-    else:  # patience 0: any epoch without a better val loss cuts the lr by gamma
-        assert lrs[-1] <= lrs[0]
+    else:  # patience 0: after any epoch without a better val loss (by 1e-4, relative) the lr is cut by gamma
+        losses = [h["val_loss"] for h in history]
+        expected, best = [1e-3], math.inf
+        for loss in losses[:-1]:
+            better = loss < best * (1 - 1e-4)
+            best = loss if better else best
+            expected.append(expected[-1] * (1.0 if better else 0.5))
+        assert lrs == pytest.approx(expected) and lrs[-1] < lrs[0]
 
 
 def test_adamw_applies_decoupled_weight_decay():
-    cfg = apply_overrides(RunConfig(), {**TINY, "optim.name": "adamw", "optim.weight_decay": 0.5})
-    assert fit(cfg, tiny_splits()).history
+    """One AdamW step: w1 = w0 (1 - lr wd) - adam_step, the Adam step not depending on wd (Loshchilov &
+    Hutter 2019); so with and without decay the weights differ by -lr wd w0. Adam's L2 decay would change
+    the step itself (its gradient is g + wd w)."""
+    one = {**TINY, "train.epochs": 1, "train.max_steps": 1, "optim.name": "adamw", "optim.lr": 0.01}
+    lr, wd = 0.01, 0.5
+    decayed = fit(apply_overrides(RunConfig(), {**one, "optim.weight_decay": wd}), tiny_splits()).state_dict
+    plain = fit(apply_overrides(RunConfig(), {**one, "optim.weight_decay": 0.0}), tiny_splits()).state_dict
+    model = create_model(resolve_config(RunConfig()).model, seed=0)
+    for name, w0 in model.named_parameters():
+        torch.testing.assert_close(decayed[name] - plain[name], -lr * wd * w0.detach(), rtol=1e-3, atol=1e-7)
 
 
 def test_early_stopping_ends_the_run():
