@@ -27,6 +27,10 @@ will use bf16, under bf16 autocast too).
 
 ``K = 1`` uses the plain module (:class:`Single`): the ordinary run is the same training loop
 (``core.train``) without ``vmap``.
+
+The training tricks (``core.tricks``) stay per seed: each seed mixes its batch with its own draws,
+its gradient norm is clipped alone (over its slices of the stacked leaves), and its moving average of
+the weights is a :meth:`Stacked.clone` updated from its own slices.
 """
 
 from __future__ import annotations
