@@ -223,8 +223,8 @@ def run(
         summary = run_study(study, tracking_uri, storage, workers=workers, worker_args=args, launcher=launch)
     except DataError as exc:
         raise click.ClickException(f"{exc}") from None
-    except RuntimeError as exc:  # ablations.slurm.SlurmError: sbatch refused the jobs
-        if type(exc).__name__ != "SlurmError":
+    except RuntimeError as exc:  # SlurmError: sbatch refused the jobs; PlanError: the recorded plan refused the run
+        if type(exc).__name__ not in ("SlurmError", "PlanError"):
             raise
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

@@ -70,6 +70,7 @@ def _display(r: Report, md: bool = False, term: bool = False) -> dict[str, pd.Da
             **{f: a[f] for f in r.runs.factors},
             "runs": a["n"],
             "failed": a["failed"],
+            **({"diverged": a["diverged"]} if "diverged" in a and a["diverged"].sum() else {}),
             f"{r.runs.metric}{unit}": [
                 f"{m:.2f} ± {s:.2f}" if s == s else _f(m) for m, s in zip(a["mean"], a["std"], strict=True)
             ],
@@ -134,15 +135,62 @@ def _head(r: Report) -> list[str]:
     better = "higher" if sr.direction == "maximize" else "lower"
     unit = f" in {r.unit}" if r.unit else ""
     pp = "; differences in percent points (pp)" if r.diff_unit else ""
-    fails = f"; {sr.failed} failed or killed run(s) not counted" if sr.failed else ""
+    fails = _failure_text(r)
+    recorded = " (the analysis plan recorded by its first sequential run)" if _recorded(r) else ""
     lines = [
         f"study {sr.study} (parent run {sr.parent_run_id}): {sr.metric}{unit}, {better} is better{pp}{fails}",
         f"budget: {r.budget}",
-        f"baseline arm: {r.baseline}; alpha {r.alpha:g}",
+        f"baseline arm: {r.baseline}; alpha {r.alpha:g}{recorded}",
     ]
     if r.sequential is not None:
         lines.append(_sequential_line(r))
-    return lines
+    return lines + _exploratory_lines(r)
+
+
+def _recorded(r: Report) -> bool:
+    """Whether a sequential study's verdicts follow an analysis plan recorded on its parent run."""
+    return r.sequential is not None and bool(r.sequential.get("analysis")) and r.sequential.get("plan") is not None
+
+
+def _failure_text(r: Report) -> str:
+    """The failed runs, by kind: diverged (outcomes of their arm) and lost outside training (retried)."""
+    a = r.arms
+    diverged = int(a["diverged"].sum()) if "diverged" in a else 0
+    lost = int(a["failed"].sum()) if "failed" in a else 0
+    whole = (r.sequential or {}).get("failures")  # a sequential study: its runs, not only the look's
+    if whole:
+        diverged, lost = max(diverged, int(whole.get("diverged", 0))), int(whole.get("infrastructure", 0))
+    out = ""
+    if diverged:
+        out += (
+            f"; {diverged} run(s) diverged, counted as outcomes of their arm at what their weights score (not dropped)"
+        )
+    if lost:
+        out += (
+            f"; {lost} run(s) failed outside training (killed, out of memory, a lost worker, an error), not "
+            "counted: the next `ablate run` trains them again"
+        )
+    return out
+
+
+def _exploratory_lines(r: Report) -> list[str]:
+    """A sequential study reported with settings other than its recorded plan: the other verdicts, marked."""
+    x = r.exploratory
+    if not x:
+        return []
+    du = f" {r.diff_unit}" if r.diff_unit else ""
+    asked = "; ".join(
+        f"{c['key']} {json.dumps(c['asked'])} instead of the recorded {json.dumps(c['recorded'])}" for c in x["changed"]
+    )
+    said = "; ".join(
+        f"{c['effect']}: {c['verdict']} ({_f(c['estimate'], 2, True)}{du} {_iv(c['ci_low'], c['ci_high'], True)})"
+        for c in x["comparisons"]
+    )
+    at = f" at the same look ({x['seeds']} seeds per arm)" if x.get("seeds") else ""
+    return [
+        f"exploratory, not error-controlled: with {asked}{at}: {said or 'no complete look'}; the verdicts above "
+        "follow the recorded plan, these do not (a rule chosen after the data can always find a decision)"
+    ]
 
 
 _STOPS = {
@@ -172,7 +220,8 @@ BEYOND = "*"  # marks a look whose seeds per arm the plan did not name
 
 def _beyond_plan(r: Report) -> bool:
     """Whether a planned sequential study has looks beyond its plan (judged by the anytime-valid interval alone)."""
-    planned = ((r.sequential or {}).get("plan") or {}).get("looks")
+    plan = (r.sequential or {}).get("plan") or {}
+    planned = plan.get("looks") if plan.get("boundary") != "anytime" else None
     looks = (r.sequential or {}).get("looks") or []
     return bool(planned) and any(look["seeds"] not in planned for look in looks)
 
@@ -255,14 +304,19 @@ def _sequential_method(r: Report) -> str:
     """How a sequential study's intervals were made, in words (its plan, or the anytime-valid sequence alone)."""
     plan = (r.sequential or {}).get("plan") or {}
     anytime = "the anytime-valid confidence sequence (Gaussian, unknown variance; Wang & Ramdas 2023 after Lai 1976)"
-    if not plan.get("looks"):
+    if not plan.get("looks") or plan.get("boundary") == "anytime":
         return f"{anytime} of the mean paired difference; p: its anytime-valid p-value, Bonferroni-adjusted"
     reserve = float(plan.get("reserve", PLAN_RESERVE))
     looks = plan["looks"]
     sizes = looks_text(looks)
+    shape = (
+        "O'Brien-Fleming's boundary, strict at the first looks (O'Brien & Fleming 1979)"
+        if plan.get("boundary") == "obrien-fleming"
+        else "Pocock's constant nominal level"
+    )
     return (
         f"at the {len(looks)} look{'s' if len(looks) > 1 else ''} the study's first sequential run planned "
-        f"({sizes} seeds per arm), the repeated confidence interval (Pocock's constant nominal level for the t "
+        f"({sizes} seeds per arm), the repeated confidence interval ({shape} for the t "
         f"statistic, calibrated by simulation; Jennison & Turnbull 1989) at {1 - reserve:.0%} of alpha, "
         f"intersected with {anytime} at the other {reserve:.0%}, which alone judges looks beyond the plan; p: the "
         "smaller of the two tests' p-values, each over its share of alpha, Bonferroni-adjusted"
@@ -276,15 +330,30 @@ def _methods(r: Report) -> str:
             f"difference: arm minus baseline, paired by seed; interval at 1 - {r.alpha:g}/{max(tested, 1)} "
             f"(Bonferroni over the {tested} comparison(s)), valid at every look at once: "
             + _sequential_method(r)
-            + "; better/worse: the interval excludes 0; equivalent: it lies inside the equivalence margin (or a "
-            "claim's min_effect)."
+            + "; each look's interval intersected with those of the earlier looks, so a decided verdict stays; "
+            "better/worse: the interval excludes 0; equivalent: it lies inside the equivalence margin "
+            "(interactions: interaction_margin); no verdict from fewer than 3 seeds or a zero-width interval. "
+            "Claims with a size: as large as claimed (the interval's lower end reaches it), smaller than claimed "
+            "(its upper end is below it) or direction confirmed, size not resolved (above 0, containing it; not "
+            "supported)." + _diverged_method(r)
         )
     return (
         "difference: arm minus baseline, paired by seed (paired t test; Welch t when the arms do not share seeds), "
         f"95% CI (t); p Holm-adjusted over the {tested} comparison(s) of the study; rank p: Wilcoxon signed-rank "
         "(Mann-Whitney U when unpaired), as a check; effect size: Cohen's d_z (paired) or d. Seeds per arm: for "
         f"{POWER:.0%} power of the two-sided t test at alpha {r.alpha:g}/{max(tested, 1)}, to detect the claimed "
-        "size, the --effect size or else the observed difference."
+        "size, the --effect size or else the observed difference." + _diverged_method(r)
+    )
+
+
+def _diverged_method(r: Report) -> str:
+    """How diverged runs enter the numbers (the methods line), when the study has any."""
+    if "diverged" not in r.arms or not r.arms["diverged"].sum():
+        return ""
+    return (
+        f" A run whose training diverged counts as an outcome of its arm, not a missing value: its "
+        f"{r.runs.metric} is what its weights score, chance for an accuracy (a NaN network predicts one class), "
+        "for a loss the worst any finished run of the study scored (worst-rank imputation, Lachin 1999)."
     )
 
 
@@ -399,6 +468,7 @@ def to_json(r: Report) -> dict:
             "effects": r.effects.to_dict("records"),
             "claims": r.claims.to_dict("records"),
             "sequential": r.sequential,
+            "exploratory": r.exploratory,
         }
     )
 
@@ -460,7 +530,7 @@ _KINDS = {
     "main": "main effects: a level minus the baseline level, averaged over the other factors",
     "interaction": "interactions: (a x b) - a - b + baseline, averaged over the other factors (0 = additive)",
 }
-_RIGHT = {"runs", "failed", "median", "n", "p", "p Holm", "rank p", "effect size", "95% CI (t)"}
+_RIGHT = {"runs", "failed", "diverged", "median", "n", "p", "p Holm", "rank p", "effect size", "95% CI (t)"}
 _RIGHT_PREFIX = ("difference", "test_", "val_", "train_")
 
 

@@ -58,6 +58,7 @@ __all__ = [
 
 POWER = 0.8
 PLAN_TAG = f"{TAG}sequential_plan"  # on the parent run: the looks planned by the study's first sequential run
+OUTCOME_TAG = f"{TAG}outcome"  # on a failed child run: diverged (an outcome of its arm)
 CURVE_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 
@@ -79,7 +80,9 @@ class StudyRuns:
         claims: the study's claims (dicts with the keys of ``ablations.study.Claim``).
         baseline: factor -> level label of the baseline arm; factors missing take their first level.
         alpha: significance level of the verdicts.
-        failures: one row per failed or killed child run: ``arm``, ``seed``, ``status``.
+        failures: one row per failed or killed child run: ``arm``, ``seed``, ``status`` and ``kind``:
+            ``diverged`` (training diverged: an outcome of its arm, counted at the study's worst value) or
+            ``infrastructure`` (killed, out of memory, a lost worker: retried, not counted).
         budget: the settings that fix the budget (``train.epochs``, ``data.train_subset``, ...) if known.
         tracking_uri: where the runs were read (for learning curves and logging plots).
         sequential: a sequential study's design (``max_seeds``, ``step``, ``equivalence_margin``,
@@ -92,6 +95,8 @@ class StudyRuns:
         precisions: one row per finished cell: ``arm``, ``seed``, ``run_id`` and ``precision``, the
             precision it trained in (the run's tag ``ablate.precision``: ``bf16``, ``fp32`` or
             ``fp16``; ``None`` for a run made before ablate recorded it).
+        config_hashes: ``(arm, seed)`` -> the run's config hash (tag ``ablate.config_hash``): two arms with
+            equal hashes at every seed are one configuration under two labels.
     """
 
     study: str
@@ -110,16 +115,19 @@ class StudyRuns:
     tracking_uri: str | None = None
     sequential: dict | None = None
     precisions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PRECISION_COLUMNS))
+    config_hashes: dict = field(default_factory=dict)
 
     def restricted(self, seeds: list[int]) -> StudyRuns:
         """The same study with only the runs (and failures) of ``seeds``: what one look saw."""
-        keep = set(seeds)
-        runs = self.runs[self.runs["seed"].isin(keep)] if not self.runs.empty else self.runs
-        fails = self.failures[self.failures["seed"].isin(keep)] if not self.failures.empty else self.failures
+        keep = list(seeds)
+        runs = self.runs[np.isin(self.runs["seed"].to_numpy(), keep)] if not self.runs.empty else self.runs
+        failures = self.failures
+        fails = failures[np.isin(failures["seed"].to_numpy(), keep)] if not failures.empty else failures
         return dataclasses.replace(self, runs=runs.reset_index(drop=True), failures=fails, failed=len(fails))
 
 
 _BUDGET_KEYS = ("train.epochs", "data.train_subset", "data.test_subset")
+FAILURE_COLUMNS = ["arm", "seed", "status", "kind"]
 PRECISION_COLUMNS = ["arm", "seed", "run_id", "precision"]
 UNRECORDED = "not recorded"  # a run made before ablate tagged the precision it trained in
 
@@ -163,28 +171,44 @@ def load_runs(
     pid = parent.info.run_id
     ptags = parent.data.tags
     factors = json.loads(ptags[f"{TAG}factors"])
-    rows, precisions = [], []
+    rows, precisions, hashes = [], [], {}
     for run in tracker.children(pid):
         tags = run.data.tags
         row = {"arm": tags[f"{TAG}arm"], "seed": int(tags[f"{TAG}seed"]), "run_id": run.info.run_id}
         precisions.append({**row, "precision": tags.get(PRECISION_TAG)})
+        hashes[(row["arm"], row["seed"])] = tags.get(f"{TAG}config_hash")
         row.update({f: run.data.params.get(f"factor.{f}") for f in factors})
         row.update(run.data.metrics)
         rows.append(row)
     failures = [
-        {"arm": r.data.tags.get(f"{TAG}arm"), "seed": int(r.data.tags.get(f"{TAG}seed", -1)), "status": status}
+        {
+            "arm": r.data.tags.get(f"{TAG}arm"),
+            "seed": int(r.data.tags.get(f"{TAG}seed", -1)),
+            "status": status,
+            "kind": failure_kind(r.data.tags),
+        }
         for status in ("FAILED", "KILLED")
         for r in tracker.children(pid, status)
     ]
     config = _parent_config(tracker, pid)
     overrides = config.get("overrides") or {}
     sequential = config.get("sequential")
-    if sequential is not None:
-        plan = ptags.get(PLAN_TAG)
+    plan = json.loads(ptags[PLAN_TAG]) if ptags.get(PLAN_TAG) else None
+    if sequential is not None or plan:
+        # the analysis the first sequential run froze; a study that predates it: what its runs were logged with
+        analysis = (plan or {}).get("analysis") or analysis_plan(
+            float(config.get("alpha", 0.05)),
+            ptags[f"{TAG}metric"],
+            ptags[f"{TAG}direction"],
+            config.get("baseline") or {},
+            list(config.get("claims") or []),
+            sequential,
+        )
         sequential = {
-            **sequential,
+            **(sequential or {}),
             "stopped": ptags.get(f"{TAG}sequential_stop"),
-            "plan": json.loads(plan) if plan else None,
+            "plan": {k: v for k, v in plan.items() if k != "analysis"} if plan else None,
+            "analysis": analysis,
         }
     return StudyRuns(
         study,
@@ -198,12 +222,25 @@ def load_runs(
         claims=list(config.get("claims") or []),
         baseline={f: level_label(v) for f, v in (config.get("baseline") or {}).items()},
         alpha=float(config.get("alpha", 0.05)),
-        failures=pd.DataFrame(failures, columns=["arm", "seed", "status"]),
+        failures=pd.DataFrame(failures, columns=FAILURE_COLUMNS),
         budget={k: overrides[k] for k in _BUDGET_KEYS if k in overrides},
         tracking_uri=tracker.uri,
         sequential=sequential,
         precisions=pd.DataFrame(precisions, columns=PRECISION_COLUMNS),
+        config_hashes=hashes,
     )
+
+
+DIVERGED = "diverged"  # a run whose training diverged: an outcome of its arm
+INFRASTRUCTURE = "infrastructure"  # a run that failed for reasons outside training: killed, out of memory, lost worker
+
+
+def failure_kind(tags: dict[str, str]) -> str:
+    """Whether a failed child run diverged (tag ``ablate.outcome`` = ``diverged``, or a reason that says so) or
+    failed for reasons outside training (``infrastructure``: killed, out of memory, a lost worker, an error)."""
+    if tags.get(OUTCOME_TAG) == DIVERGED or "training diverged" in tags.get(f"{TAG}failure", ""):
+        return DIVERGED
+    return INFRASTRUCTURE
 
 
 def _parent_config(tracker: Tracker, run_id: str) -> dict:
@@ -270,6 +307,9 @@ class Report:
         mixed_precision: the runs of a study that trained in different precisions where the study
             does not vary the precision itself (:func:`precision_mix`): ``precision``, ``arm``, ``seed``,
             ``run_id``; empty when every run that should share a precision does.
+        exploratory: for a sequential study reported with an alpha or claims other than its recorded
+            analysis plan, the deciding comparisons at the same look with those (``alpha``, ``changed``:
+            ``key``, ``recorded``, ``asked``; ``seeds``, ``comparisons``); not error-controlled. Else None.
     """
 
     runs: StudyRuns
@@ -284,6 +324,7 @@ class Report:
     sequential: dict | None = None
     outliers: pd.DataFrame = field(default_factory=pd.DataFrame)
     mixed_precision: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=MIX_COLUMNS))
+    exploratory: dict | None = None
 
     @property
     def diff_unit(self) -> str:
@@ -317,13 +358,80 @@ def _arms(factors: dict[str, list[str]]) -> list[tuple[str, dict[str, str]]]:
 
 
 def _series(sr: StudyRuns, metric: str, scale: float) -> dict[str, pd.Series]:
+    """Each arm's values of ``metric`` by seed (times ``scale``); for the study metric, a diverged run counts.
+
+    A run whose training diverged is an outcome of its arm, not a missing value: dropping it would
+    favour the unstable arm (it is missing because of its arm, not at random). It takes what its weights
+    score (:func:`diverged_value`): a network with NaN weights outputs NaN, and its prediction is one
+    constant class, so its accuracy is chance; a loss takes the worst value any finished run of the study
+    scored at this look (worst-rank imputation, Lachin 1999, "Worst-rank score analysis with informatively
+    missing observations in clinical trials", Controlled Clinical Trials 20). Claims about another metric
+    leave diverged runs out.
+    """
     if metric not in sr.runs:
         return {}
-    return {
-        arm: g.set_index("seed")[metric].astype(float).dropna() * scale
-        for arm, g in sr.runs.groupby("arm")
-        if g[metric].notna().any()
-    }
+    arm_of = sr.runs["arm"].to_numpy(dtype=object)
+    seed_of = sr.runs["seed"].to_numpy()
+    value_of = pd.to_numeric(sr.runs[metric], errors="coerce").to_numpy(dtype=float)
+    out = {}
+    for arm in sorted(set(arm_of)):  # numpy masks: the replay of a sequential study does this at every look
+        keep = (arm_of == arm) & ~np.isnan(value_of)
+        if keep.any():
+            out[arm] = pd.Series(value_of[keep] * scale, index=pd.Index(seed_of[keep], name="seed"), name=metric)
+    cells = _diverged_cells(sr) if metric == sr.metric else set()
+    values = sr.runs[metric].astype(float).dropna()
+    if cells and not values.empty:
+        worst = diverged_value(metric, values) * scale
+        for arm in sorted({a for a, _ in cells}):
+            extra = pd.Series(worst, index=sorted(s for a, s in cells if a == arm), dtype=float)
+            out[arm] = pd.concat([out[arm], extra]).sort_index() if arm in out else extra
+            out[arm].index.name = "seed"
+    return out
+
+
+CHANCE = {"test_acc": 0.1, "val_acc": 0.1, "train_acc": 0.1, "test_top3": 0.3}  # 10 balanced classes
+
+
+def diverged_value(metric: str, finished: pd.Series) -> float:
+    """The value of ``metric`` a run whose training diverged counts with (as logged: accuracies as fractions).
+
+    What its weights score: NaN outputs make ``argmax`` pick one constant class, right on one class in ten
+    of CIFAR-10's balanced test set, so top-1 accuracy is 0.1 and top-3 0.3 (chance). A loss has no such
+    value (it is NaN): the worst, the largest, any finished run of the study scored (``finished``; worst-rank
+    imputation, Lachin 1999).
+
+    Args:
+        metric: the study metric.
+        finished: its values over the study's finished runs (at this look).
+
+    Returns:
+        The value.
+    """
+    if metric in CHANCE:
+        return CHANCE[metric]
+    return float(finished.max())
+
+
+def _diverged_cells(sr: StudyRuns) -> set[tuple[str, int]]:
+    """``(arm, seed)`` of the runs that diverged and have no finished run (each counted once)."""
+    if sr.failures.empty or "kind" not in sr.failures:
+        return set()
+    done = set(zip(sr.runs["arm"], sr.runs["seed"], strict=True)) if not sr.runs.empty else set()
+    f = sr.failures[sr.failures["kind"] == DIVERGED]
+    return {(a, int(seed)) for a, seed in zip(f["arm"], f["seed"], strict=True) if (a, int(seed)) not in done}
+
+
+def _identical(sr: StudyRuns, w: dict) -> bool:
+    """Whether the two arms of a difference are one configuration under two labels (equal config hashes at
+    every seed both ran), so that a zero difference at every seed is exact, not a coincidence of rounding."""
+    if len(w) != 2 or not sr.config_hashes or sr.runs.empty:
+        return False
+    a, b = list(w)
+    seeds = set(sr.runs.loc[sr.runs["arm"] == a, "seed"]) & set(sr.runs.loc[sr.runs["arm"] == b, "seed"])
+    hashes = sr.config_hashes
+    return bool(seeds) and all(
+        hashes.get((a, s)) is not None and hashes.get((a, s)) == hashes.get((b, s)) for s in seeds
+    )
 
 
 def _weights(arms: list[tuple[str, dict[str, str]]], treat: dict[str, str], control: dict[str, str]) -> dict:
@@ -362,12 +470,17 @@ def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None
     A sequential study (``sr.sequential``) is judged look by look (:func:`sequential_looks`): every
     comparison gets a sequential interval (``stats.sequential_contrast``: the repeated confidence
     interval at a planned look, intersected with the anytime-valid sequence; Bonferroni over the
-    comparisons of its family) instead of the fixed-n t interval, and the tables are those of the look
-    it stopped at (or of the last complete look while it runs).
+    comparisons of its family), intersected with those of its earlier looks, instead of the fixed-n t
+    interval, and the tables are those of the look it stopped at (or of the last complete look while it
+    runs). Its verdicts follow the analysis plan its first sequential run recorded (alpha, margins,
+    baseline, claims: :func:`analysis_plan`); an ``alpha`` or claims other than those give, beside the
+    recorded verdicts, an exploratory view at the same look (``Report.exploratory``), whose error rate
+    nothing controls.
 
     Args:
         sr: the study's runs.
-        alpha: significance level of the verdicts; ``None`` takes the study's (default 0.05).
+        alpha: significance level of the verdicts; ``None`` takes the study's (default 0.05). For a
+            sequential study with a recorded plan, another value gives the exploratory view.
         effect: effect size (report unit: percent points for accuracies) for the
             seeds-needed column; ``None`` uses the claimed size of a claim on the
             same comparison, else the observed difference.
@@ -376,39 +489,194 @@ def build_report(sr: StudyRuns, alpha: float | None = None, effect: float | None
         A :class:`Report`. ``arms`` columns: ``arm``, one per factor, ``n``, ``mean``, ``std``,
         ``ci_low``, ``ci_high`` (95% t), then the difference to the baseline arm (``diff``,
         ``diff_low``, ``diff_high``, ``test``, ``p``, ``p_holm``, ``p_check``, ``effect_size``,
-        ``seeds_needed``, ``verdict``), ``median``, ``failed``. ``effects`` columns: ``kind``
-        (``arm``, ``main``, ``interaction``), ``effect``, ``vs``, ``n``, ``estimate``, ``ci_low``,
-        ``ci_high``, ``test``, ``p``, ``p_holm``, ``check``, ``p_check``, ``effect_size_kind``,
-        ``effect_size``, ``sd``, ``target``, ``target_from``, ``power_alpha``, ``seeds_needed``,
-        ``verdict``. ``claims`` columns: ``claim``, ``source``, ``metric``, ``treatment``,
-        ``control``, ``direction``, ``min_effect``, ``n``, ``estimate``, ``ci_low``, ``ci_high``,
-        ``level``, ``test``, ``p``, ``target``, ``seeds_needed``, ``verdict``.
+        ``seeds_needed``, ``verdict``), ``median``, ``failed`` (seeds lost outside training, not
+        counted), ``diverged`` (seeds whose training diverged, counted at the study's worst value).
+        ``effects`` columns: ``kind`` (``arm``, ``main``, ``interaction``), ``effect``, ``vs``, ``n``,
+        ``estimate``, ``ci_low``, ``ci_high``, ``test``, ``p``, ``p_holm``, ``check``, ``p_check``,
+        ``effect_size_kind``, ``effect_size``, ``sd``, ``target``, ``target_from``, ``power_alpha``,
+        ``seeds_needed``, ``verdict``. ``claims`` columns: ``claim``, ``source``, ``metric``,
+        ``treatment``, ``control``, ``direction``, ``min_effect``, ``n``, ``estimate``, ``ci_low``,
+        ``ci_high``, ``level``, ``test``, ``p``, ``target``, ``seeds_needed``, ``verdict``.
 
     Raises:
         ReportError: there are no finished runs.
+        ValueError: alpha outside (0, 1).
     """
     if sr.runs.empty:
         raise ReportError(f"study '{sr.study}' has no finished runs yet")
-    alpha = sr.alpha if alpha is None else alpha
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    asked = sr.alpha if alpha is None else alpha
+    if not 0 < asked < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {asked}")
     if sr.sequential is None:
-        return _build(sr, alpha, effect)
-    looks, stopped = sequential_looks(sr, alpha, effect)
+        return _build(sr, asked, effect)
+    official, changed = _frozen(sr, alpha)
+    looks, stopped = sequential_looks(official, None, effect)
     if not looks:  # the first look is not complete yet: the tables of what there is, not a planned look
-        r = _build(sr, alpha, effect, sequential=True, plan=look_plan(sr), look=0)
+        r = _build(official, official.alpha, effect, sequential=True, plan=look_plan(official), look=0)
         at = None
     else:
         r = looks[-1].pop("_report")
         at = len(looks) - 1
         for look in looks:
             look.pop("_report", None)
-    design = {k: v for k, v in sr.sequential.items() if k != "stopped"}
-    r.sequential = {**design, "looks": looks, "stopped": stopped, "at": at}
+    design = {k: v for k, v in official.sequential.items() if k != "stopped"}
+    lost = {kind: sum(_failed_cells(sr, kind).values()) for kind in (DIVERGED, INFRASTRUCTURE)}
+    r.sequential = {**design, "looks": looks, "stopped": stopped, "at": at, "failures": lost}
+    if changed:
+        r.exploratory = _exploratory(sr, asked, effect, looks[at]["seeds"] if looks else None, changed)
     return r
 
 
-def _decided(verdict: str) -> bool:
+ANALYSIS_KEYS = (
+    "alpha",
+    "metric",
+    "direction",
+    "baseline",
+    "claims",
+    "equivalence_margin",
+    "interaction_margin",
+    "stop_on_direction",
+)
+_CLAIM_TEST = ("treatment", "control", "metric", "direction", "min_effect")
+
+
+def analysis_plan(
+    alpha: float,
+    metric: str,
+    direction: str,
+    baseline: dict,
+    claims: list[dict],
+    sequential: dict | None,
+) -> dict:
+    """The analysis a sequential study's first sequential run freezes with its looks (tag ``ablate.sequential_plan``).
+
+    Everything a verdict depends on besides the runs: alpha, the metric and its direction, the
+    baseline arm, the claims (what each tests: treatment, control, metric, direction, ``min_effect``;
+    their words travel along), the equivalence margins and whether a confirmed direction stops the
+    study. Looks chosen before the data keep their error rate only if the decision rule was also
+    chosen before (Jennison & Turnbull 2000, "Group Sequential Methods with Applications to Clinical
+    Trials", sect. 1.3: the protocol fixes the analysis); a rule loosened after an undecided look would
+    make a decision more likely at the next one.
+
+    Args:
+        alpha: the study's alpha.
+        metric: the study metric.
+        direction: ``maximize`` or ``minimize``.
+        baseline: factor -> level of the baseline arm.
+        claims: the claims (dicts with the keys of ``ablations.study.Claim``).
+        sequential: the ``sequential`` block as a dict (its margins and ``stop_on_direction``), or None.
+
+    Returns:
+        A JSON-ready dict with the keys of ``ANALYSIS_KEYS``.
+    """
+    seq = sequential or {}
+    return {
+        "alpha": float(alpha),
+        "metric": metric,
+        "direction": direction,
+        "baseline": {f: level_label(v) for f, v in (baseline or {}).items()},
+        "claims": [
+            {
+                **{k: c.get(k) for k in ("source", "text")},
+                "treatment": _labels(c["treatment"]),
+                "control": _labels(c["control"]),
+                "metric": c.get("metric"),
+                "direction": c["direction"],
+                "min_effect": c.get("min_effect"),
+            }
+            for c in claims or []
+        ],
+        "equivalence_margin": seq.get("equivalence_margin"),
+        "interaction_margin": seq.get("interaction_margin"),
+        "stop_on_direction": bool(seq.get("stop_on_direction", False)),
+    }
+
+
+def plan_differences(recorded: dict, current: dict) -> list[tuple[str, object, object]]:
+    """The keys of an analysis plan (:func:`analysis_plan`) whose current value differs from the recorded one.
+
+    A claim's words (``text``, ``source``) may change; what it tests may not. A key the recorded plan
+    lacks (recorded by an older version) is not compared.
+
+    Returns:
+        ``(key, recorded value, current value)`` for each key that differs, in ``ANALYSIS_KEYS`` order.
+    """
+
+    def tested(claims):
+        return [{k: c.get(k) for k in _CLAIM_TEST} for c in claims or []]
+
+    out = []
+    for key in ANALYSIS_KEYS:
+        if key not in recorded:
+            continue
+        was, now = recorded[key], current.get(key)
+        if key == "claims":
+            was, now = tested(was), tested(now)
+        elif key == "baseline":  # factors the recorded plan does not name keep their first level
+            now = {f: v for f, v in (now or {}).items() if f in (was or {})}
+        if was != now and not (isinstance(was, float) and isinstance(now, float) and math.isclose(was, now)):
+            out.append((key, recorded[key], current.get(key)))
+    return out
+
+
+def _frozen(sr: StudyRuns, alpha: float | None = None) -> tuple[StudyRuns, list[tuple[str, object, object]]]:
+    """A sequential study's runs judged by its recorded analysis plan, and what the caller asked that differs.
+
+    ``sr.sequential["analysis"]`` is the plan (:func:`load_runs` reads it from the parent run); without one
+    (runs constructed in memory) the study's own settings are the plan.
+    """
+    analysis = (sr.sequential or {}).get("analysis")
+    if not analysis:
+        return (sr if alpha is None else dataclasses.replace(sr, alpha=alpha)), []
+    current = analysis_plan(
+        sr.alpha if alpha is None else alpha, sr.metric, sr.direction, sr.baseline, sr.claims, sr.sequential
+    )
+    changed = [d for d in plan_differences(analysis, current) if d[0] != "metric" and d[0] != "direction"]
+    claims = sr.claims
+    if any(key == "claims" for key, _, _ in changed):
+        claims = [dict(c) for c in analysis["claims"]]
+    seq = {**sr.sequential, **{k: analysis.get(k) for k in ANALYSIS_KEYS[5:] if k in analysis}}
+    official = dataclasses.replace(
+        sr,
+        alpha=float(analysis.get("alpha", sr.alpha)),
+        baseline=dict(analysis.get("baseline", sr.baseline)),
+        claims=claims,
+        sequential=seq,
+    )
+    return official, changed
+
+
+def _exploratory(sr: StudyRuns, alpha: float, effect, seeds: int | None, changed: list) -> dict:
+    """The deciding comparisons at the look the recorded plan stopped at, with the settings asked for instead.
+
+    Not error-controlled: the look was chosen by the recorded rule, and a rule picked after seeing it
+    (a larger alpha, a claim made smaller) can always find a decision.
+    """
+    out = {
+        "alpha": alpha,
+        "changed": [{"key": k, "recorded": was, "asked": now} for k, was, now in changed],
+        "seeds": seeds,
+        "comparisons": [],
+    }
+    design = sr.sequential.get("looks") or []
+    seed_lists = [lst for lst in design if len(lst) == seeds] if seeds else []
+    if not seed_lists:
+        return out
+    asked = dataclasses.replace(sr, sequential={k: v for k, v in sr.sequential.items() if k != "analysis"})
+    sub = asked.restricted(seed_lists[0])
+    r = _build(sub, alpha, effect, sequential=True, plan=look_plan(sr), look=seeds)
+    out["comparisons"] = [
+        {k: row.get(k) for k in ("effect", "estimate", "ci_low", "ci_high", "verdict")}
+        for row in _deciding(r).to_dict("records")
+    ]
+    return out
+
+
+def _decided(verdict: str, direction_stops: bool = False) -> bool:
+    """Whether a deciding comparison's verdict decides it; a claim's confirmed direction with its size not
+    resolved does only when the study asks to stop on direction (``sequential.stop_on_direction``)."""
+    if verdict.startswith(stats.DIRECTION_ONLY):
+        return direction_stops
     return verdict.startswith(("better", "worse", "equivalent", "supported", "contradicted")) or verdict.endswith(
         "e interaction"
     )
@@ -417,23 +685,28 @@ def _decided(verdict: str) -> bool:
 def sequential_looks(sr: StudyRuns, alpha: float | None = None, effect: float | None = None) -> tuple[list, str | None]:
     """Replay a sequential study's looks from its runs, stopping at the first decided one.
 
-    A look is complete when every arm has a finished (or failed) run of each of its seeds. At each
-    complete look the deciding comparisons (the claims on the study when it has any, else every arm
-    against the baseline) are judged with sequential intervals (:func:`look_plan`); the study is decided
-    when every one of them is (``better``, ``worse``, ``equivalent``; for claims ``supported`` or
-    ``contradicted``). Because the intervals hold at every look at once (``stats.repeated_ci`` over the
-    planned looks, ``stats.t_cs`` over all), stopping at the first decided look keeps the stated error
-    rate.
+    A look is complete when every arm has a finished run, or one whose training diverged (an outcome of
+    its arm), for each of its seeds; a run lost to the infrastructure (killed, out of memory, a lost worker)
+    leaves its look incomplete until it is trained again. At each complete look the deciding comparisons
+    (the claims on the study when it has any, else every arm against the baseline) are judged with
+    sequential intervals (:func:`look_plan`), each intersected with its intervals of the earlier looks
+    (``stats.intersect``), so a decided verdict stays decided; the study is decided when every one of them is
+    (``better``, ``worse``, ``equivalent``; for claims ``supported``, ``contradicted`` or ``equivalent``,
+    and a confirmed direction only with ``stop_on_direction``). The verdicts follow the recorded analysis
+    plan (:func:`analysis_plan`). Because the intervals hold at every look at once (``stats.repeated_ci``
+    over the planned looks, ``stats.t_cs`` over all), stopping at the first decided look keeps the stated
+    error rate.
 
     Args:
         sr: the runs, with ``sr.sequential`` (its ``looks``: seeds per arm of each look).
-        alpha: error rate of each family (default: the study's).
+        alpha: error rate of each family (default: the study's); a recorded analysis plan's alpha wins.
         effect: as in :func:`build_report`.
 
     Returns:
         ``(looks, stopped)``: one dict per complete look up to the stop (``look`` from 1, ``seeds``
         per arm, ``decided``, ``comparisons``: ``effect``, ``estimate``, ``ci_low``, ``ci_high``,
-        ``verdict`` of each deciding comparison, and ``_report``, that look's :class:`Report`), and
+        ``verdict`` of each deciding comparison, and ``_report``, that look's :class:`Report`: in full at
+        the last look, without check lines before it), and
         ``decided``, ``max_seeds`` (every look done, not decided), ``timeout`` (the runner's tag) or
         ``None`` (still running).
 
@@ -442,30 +715,37 @@ def sequential_looks(sr: StudyRuns, alpha: float | None = None, effect: float | 
     """
     if sr.sequential is None:
         raise ValueError(f"study '{sr.study}' is not sequential")
-    alpha = sr.alpha if alpha is None else alpha
+    sr, _ = _frozen(sr, None if (sr.sequential or {}).get("analysis") else alpha)
+    alpha = sr.alpha
     done = set(zip(sr.runs["arm"], sr.runs["seed"], strict=True)) if not sr.runs.empty else set()
-    if not sr.failures.empty:
-        done |= set(zip(sr.failures["arm"], sr.failures["seed"], strict=True))
+    done |= _diverged_cells(sr)
     arms = [a for a, _ in _arms(sr.factors)]
     plan = sr.sequential.get("looks") or []
     planned = look_plan(sr)
+    direction_stops = bool(sr.sequential.get("stop_on_direction"))
     out: list[dict] = []
+    prior: dict = {}
+    before: dict = {}
     for k, seeds in enumerate(plan):
         if not all((a, s) in done for a in arms for s in seeds):
             break
         sub = sr.restricted(seeds)
         if sub.runs.empty:
             break
-        r = _build(sub, alpha, effect, sequential=True, plan=planned, look=len(seeds))
-        deciding = _deciding(r)
-        comparisons = [
-            {k2: row.get(k2) for k2 in ("effect", "estimate", "ci_low", "ci_high", "test", "verdict")}
-            for row in deciding.to_dict("records")
-        ]
-        decided = bool(comparisons) and all(_decided(str(c["verdict"])) for c in comparisons)
+        r = _build(sub, alpha, effect, sequential=True, plan=planned, look=len(seeds), prior=prior, light=True)
+        before, prior = prior, _intervals(r)
+        comparisons = _deciding_records(r)
+        decided = bool(comparisons) and all(_decided(str(c["verdict"]), direction_stops) for c in comparisons)
         out.append({"look": k + 1, "seeds": len(seeds), "decided": decided, "comparisons": comparisons, "_report": r})
         if decided:
-            return out, "decided"
+            break
+    if out:  # the look the tables come from, in full
+        last = out[-1]
+        seeds = plan[last["look"] - 1]
+        full = _build(sr.restricted(seeds), alpha, effect, sequential=True, plan=planned, look=len(seeds), prior=before)
+        last["_report"] = full
+    if out and out[-1]["decided"]:
+        return out, "decided"
     if plan and len(out) == len(plan):
         return out, "max_seeds"
     return out, ("timeout" if sr.sequential.get("stopped") == "timeout" else None)
@@ -475,12 +755,34 @@ def look_plan(sr: StudyRuns) -> stats.LookPlan | None:
     """The looks a sequential study planned before its first run (``sr.sequential["plan"]``), or None.
 
     None when no plan was recorded (a study that looked at its data with an earlier version, or one
-    replayed from its file alone): its intervals are then the anytime-valid sequence at the whole alpha.
+    replayed from its file alone) or its boundary is ``anytime`` (the default): its intervals are then the
+    anytime-valid sequence at the whole alpha. A plan recorded before boundaries were chosen is Pocock's.
     """
     plan = (sr.sequential or {}).get("plan") or {}
-    if not plan.get("looks"):
+    if not plan.get("looks") or plan.get("boundary") == "anytime":
         return None
-    return stats.LookPlan(tuple(plan["looks"]), float(plan.get("reserve", stats.PLAN_RESERVE)))
+    return stats.LookPlan(
+        tuple(plan["looks"]), float(plan.get("reserve", stats.PLAN_RESERVE)), plan.get("boundary", "pocock")
+    )
+
+
+def _deciding_records(r: Report) -> list[dict]:
+    """:func:`_deciding` as one dict per comparison (``effect``, ``estimate``, ``ci_low``, ``ci_high``, ``test``,
+    ``verdict``), read off the columns (the replay does this at every look)."""
+    keys = ("estimate", "ci_low", "ci_high", "test", "verdict")
+    if not r.claims.empty:
+        table = r.claims
+        pairs = zip(table["treatment"], table["control"], strict=True)
+        labels = [f"claim {i}: {t} vs {c}" for i, (t, c) in enumerate(pairs, 1)]
+    else:
+        arm = (r.effects["kind"] == "arm").to_numpy()
+        table = r.effects[arm]
+        labels = table["effect"].tolist()
+    columns = [table[k].tolist() for k in keys]
+    return [
+        {"effect": label, **dict(zip(keys, values, strict=True))}
+        for label, values in zip(labels, zip(*columns, strict=True), strict=True)
+    ]
 
 
 def _deciding(r: Report) -> pd.DataFrame:
@@ -501,11 +803,18 @@ def _build(
     sequential: bool = False,
     plan: stats.LookPlan | None = None,
     look: int | None = None,
+    prior: dict | None = None,
+    light: bool = False,
 ) -> Report:
     """The tables of :func:`build_report`.
 
+    ``light``: a look the replay passes through (:func:`sequential_looks`): the effects and claims only,
+    no per-seed check lines.
+
     ``sequential``: sequential intervals (``stats.sequential_contrast`` with ``plan`` at this ``look``, the
-    planned seeds per arm), Bonferroni, sequential verdicts.
+    planned seeds per arm), Bonferroni, sequential verdicts; ``prior``: the running intersection of each
+    comparison's intervals up to the last look (``(kind, label)`` or ``("claim", i)`` -> its
+    :class:`~ablations.stats.Contrast`), intersected with this look's (``stats.intersect``).
     """
     scale = 100.0 if _is_accuracy(sr.metric) else 1.0
     unit = "%" if scale == 100.0 else ""
@@ -541,11 +850,12 @@ def _build(
     contrasts: list[Contrast | None] = []
     testable = [all(a in series for a in w) for _, _, _, w in specs]
     m_all = max(sum(testable), 1)
-    for (_, _, _, w), ok in zip(specs, testable, strict=True):
+    for (kind, label, _, w), ok in zip(specs, testable, strict=True):
         if not ok:
             contrasts.append(None)
         elif sequential:
-            contrasts.append(stats.sequential_contrast(series, w, alpha / m_all, plan=plan, look=look))
+            c = stats.sequential_contrast(series, w, alpha / m_all, plan=plan, look=look)
+            contrasts.append(_running(c, (prior or {}).get((kind, label))))
         else:
             contrasts.append(stats.contrast(series, w))
     p_raw = np.array([c.p if c is not None else math.nan for c in contrasts])
@@ -561,10 +871,10 @@ def _build(
             rows.append({**row, "verdict": f"not possible: no runs of {missing}"})
             continue
         target, target_from = _target(effect, w, claim_weights, c)
-        need = stats.seeds_needed(target, c.sd, power_alpha, POWER, c.paired, c.weight_ss)
+        # a sequential study adds seeds until it decides: no seeds-needed column
+        need = None if sequential else stats.seeds_needed(target, c.sd, power_alpha, POWER, c.paired, c.weight_ss)
         if sequential:
-            need = None  # a sequential study adds seeds until it decides
-            v = stats.sequential_verdict(c, maximize, _margin(sr, w, claim_weights))
+            v = stats.sequential_verdict(c, maximize, _margin(sr, kind), identical=_identical(sr, w))
             if kind == "interaction" and v in ("better", "worse"):
                 v = "positive interaction" if c.estimate > 0 else "negative interaction"
         elif kind == "interaction":
@@ -595,10 +905,10 @@ def _build(
         )
     effects = pd.DataFrame(rows, columns=_EFFECT_COLUMNS)
 
-    failed = _failed_cells(sr)
+    failed, diverged = _failed_cells(sr), _failed_cells(sr, DIVERGED)
     arm_rows = []
-    by_arm = effects[effects["kind"] == "arm"].set_index("effect")
-    for arm, levels in arms:
+    by_arm = {row["effect"]: row for row in rows if row["kind"] == "arm" and "estimate" in row}
+    for arm, levels in [] if light else arms:  # a look the replay passes through needs no arm table
         s = stats.summarize(series.get(arm, pd.Series(dtype=float)))
         row = {
             "arm": arm,
@@ -611,17 +921,24 @@ def _build(
         }
         if arm == base_arm:
             row.update(dict.fromkeys(_ARM_EFFECT, math.nan), test="", verdict="baseline")
-        elif arm in by_arm.index:
-            e = by_arm.loc[arm]
+        elif arm in by_arm:
+            e = by_arm[arm]
             row.update({k: e[src] for k, src in _ARM_EFFECT.items()}, test=e["test"], verdict=e["verdict"])
-        row.update(median=s.median, failed=failed.get(arm, 0))
+        row.update(median=s.median, failed=failed.get(arm, 0), diverged=diverged.get(arm, 0))
         arm_rows.append(row)
     cols = ["arm", *sr.factors, "n", "mean", "std", "ci_low", "ci_high", *_ARM_EFFECT, "test", "verdict"]
-    arm_df = pd.DataFrame(arm_rows).reindex(columns=[*cols, "median", "failed"])
-    arm_df = arm_df[arm_df["n"].gt(0) | arm_df["failed"].gt(0)].reset_index(drop=True)
-    arm_df["test"] = arm_df["test"].fillna("")
-    claims = _claims_table(sr, arms, alpha, effect, sequential, plan, look)
-    outliers = _outliers(series, base_arm, [label for kind, label, _, _ in specs if kind == "arm"])
+    if light:
+        arm_df = pd.DataFrame(columns=[*cols, "median", "failed", "diverged"])
+    else:
+        arm_df = pd.DataFrame(arm_rows).reindex(columns=[*cols, "median", "failed", "diverged"])
+        arm_df = arm_df[arm_df["n"].gt(0) | arm_df["failed"].gt(0)].reset_index(drop=True)
+        arm_df["test"] = arm_df["test"].fillna("")
+    claims = _claims_table(sr, arms, alpha, effect, sequential, plan, look, prior)
+    outliers = (
+        pd.DataFrame()
+        if light
+        else _outliers(series, base_arm, [label for kind, label, _, _ in specs if kind == "arm"])
+    )
     return Report(
         sr,
         alpha,
@@ -633,7 +950,7 @@ def _build(
         effects,
         claims,
         outliers=outliers,
-        mixed_precision=precision_mix(sr),
+        mixed_precision=pd.DataFrame(columns=MIX_COLUMNS) if light else precision_mix(sr),
     )
 
 
@@ -692,15 +1009,15 @@ def _outliers(series: dict[str, pd.Series], base_arm: str, arms: list[str]) -> p
     return pd.concat(found, ignore_index=True)[cols] if found else pd.DataFrame(columns=cols)
 
 
-def _margin(sr: StudyRuns, w: dict, claim_weights: list) -> float | None:
-    """The equivalence margin of a comparison: the study's ``equivalence_margin``, else a claim's ``min_effect``."""
-    margin = (sr.sequential or {}).get("equivalence_margin")
-    if margin is not None:
-        return float(margin)
-    for cw, size in claim_weights:
-        if size is not None and _same_contrast(w, cw):
-            return float(size)
-    return None
+def _margin(sr: StudyRuns, kind: str = "arm") -> float | None:
+    """The equivalence margin of a comparison: the study's ``equivalence_margin`` for arms, main effects and
+    claims; ``interaction_margin`` for interaction contrasts (a difference of differences, on its own scale).
+
+    A claim's ``min_effect`` is its claimed size, not a margin: it is tested as such (``stats.judge_claim``).
+    """
+    key = "interaction_margin" if kind == "interaction" else "equivalence_margin"
+    margin = (sr.sequential or {}).get(key)
+    return float(margin) if margin is not None else None
 
 
 _EFFECT_COLUMNS = [
@@ -771,12 +1088,18 @@ def _interaction_verdict(c: Contrast, p_adjusted: float, alpha: float) -> str:
     return "positive interaction" if c.estimate > 0 else "negative interaction"
 
 
-def _failed_cells(sr: StudyRuns) -> dict[str, int]:
-    """Per arm, the seeds whose runs failed or were killed and that have no finished run."""
+def _failed_cells(sr: StudyRuns, kind: str = INFRASTRUCTURE) -> dict[str, int]:
+    """Per arm, the seeds whose runs failed (``infrastructure``: killed, out of memory, an error; or
+    ``diverged``) and that have no finished run; a seed that diverged counts as diverged only."""
     if sr.failures.empty:
         return {}
-    done = set(zip(sr.runs["arm"], sr.runs["seed"], strict=True))
-    lost = {(a, s) for a, s in zip(sr.failures["arm"], sr.failures["seed"], strict=True) if (a, s) not in done}
+    done = set(zip(sr.runs["arm"], sr.runs["seed"], strict=True)) if not sr.runs.empty else set()
+    diverged = _diverged_cells(sr)
+    lost = {
+        (a, int(s))
+        for a, s in zip(sr.failures["arm"], sr.failures["seed"], strict=True)
+        if (a, int(s)) not in done and ((a, int(s)) in diverged) == (kind == DIVERGED)
+    }
     out: dict[str, int] = {}
     for a, _ in lost:
         out[a] = out.get(a, 0) + 1
@@ -791,12 +1114,13 @@ def _claims_table(
     sequential: bool = False,
     plan: stats.LookPlan | None = None,
     look: int | None = None,
+    prior: dict | None = None,
 ) -> pd.DataFrame:
     rows = []
     level = 1 - alpha
     if sequential:  # the claims decide a sequential study: they share alpha (Bonferroni)
         level = 1 - alpha / max(len(sr.claims), 1)
-    for claim in sr.claims:
+    for i, claim in enumerate(sr.claims):
         metric = claim.get("metric") or sr.metric
         scale = 100.0 if _is_accuracy(metric) else 1.0
         treat, control = _labels(claim["treatment"]), _labels(claim["control"])
@@ -816,15 +1140,21 @@ def _claims_table(
             continue
         if sequential:
             c = stats.sequential_contrast(series, w, 1 - level, plan=plan, look=look)
+            c = _running(c, (prior or {}).get(("claim", i)))
         else:
             c = stats.contrast(series, w, level)
         target = claim.get("min_effect") or (abs(effect) if effect is not None else abs(c.estimate))
         need = None if sequential else stats.seeds_needed(target, c.sd, alpha, POWER, c.paired, c.weight_ss)
         need = max(need, MIN_SEEDS) if need is not None else None
-        v = stats.judge_claim(c, claim["direction"], claim.get("min_effect"), min_seeds=2 if sequential else MIN_SEEDS)
+        v = stats.judge_claim(
+            c, claim["direction"], claim.get("min_effect"), margin=_margin(sr), identical=_identical(sr, w)
+        )
         if sequential and v.startswith("inconclusive"):
             n = [len(series[a]) for a in w]
-            v = f"inconclusive at {min(n)} seeds per arm (profile {sr.profile})"
+            why = f": {stats.NO_SPREAD}" if stats.NO_SPREAD in v else ""
+            v = f"inconclusive at {min(n)} seeds per arm (profile {sr.profile}){why}"
+        elif v.startswith(f"inconclusive: {stats.NO_SPREAD}"):
+            pass
         elif v.startswith("inconclusive"):
             n = [len(series[a]) for a in w]
             seeds = f"{min(n)}" if min(n) == max(n) else f"{min(n)}-{max(n)}"
@@ -850,6 +1180,32 @@ def _claims_table(
     cols = ["claim", "source", "metric", "treatment", "control", "direction", "min_effect", "n", "estimate"]
     cols += ["ci_low", "ci_high", "level", "test", "p", "target", "seeds_needed", "verdict"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _running(c: Contrast, previous: tuple[float, float, float] | None) -> Contrast:
+    """``c`` with its interval intersected with the running intersection ``(low, high, p)`` of the earlier
+    looks (``stats.intersect``) and its p-value the smallest so far (an intersection of intervals excludes 0
+    exactly when one of them did)."""
+    if previous is None or not c.ci_low == c.ci_low:
+        return c
+    lo, hi = stats.intersect(previous[:2], (c.ci_low, c.ci_high))
+    p = min(c.p, previous[2]) if previous[2] == previous[2] else c.p
+    return dataclasses.replace(c, ci_low=lo, ci_high=hi, p=p)
+
+
+def _intervals(r: Report) -> dict:
+    """The running intersections a look leaves for the next (:func:`_running`): per comparison and claim."""
+    e, c = r.effects, r.claims
+    cols = ("ci_low", "ci_high", "p")
+    out = {
+        (kind, label): (lo, hi, p)
+        for kind, label, lo, hi, p in zip(e["kind"], e["effect"], *(e[k].to_numpy() for k in cols), strict=True)
+        if lo == lo
+    }
+    for i, (lo, hi, p) in enumerate(zip(*(c[k].to_numpy() for k in cols), strict=True)):
+        if lo == lo:
+            out[("claim", i)] = (lo, hi, p)
+    return out
 
 
 def _arm_label(levels: dict[str, str]) -> str:

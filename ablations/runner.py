@@ -46,9 +46,11 @@ from core.train import Callback, DivergedError, FitResult, fit_many
 __all__ = [
     "MlflowEpochs",
     "RunSummary",
+    "PlanError",
     "RunnerError",
     "SequentialState",
     "join_study",
+    "plan_record",
     "run_study",
     "run_workers",
     "sequential_state",
@@ -210,10 +212,14 @@ class _Session:
             )
         if create:
             fresh = parent is None
-            parent = parent or self.tracker.create_parent(
-                self.exp_id, study.key, f"{study.name} ({study.profile})", self.tags
-            )
-            self._record_plan(parent, fresh)
+            try:
+                parent = parent or self.tracker.create_parent(
+                    self.exp_id, study.key, f"{study.name} ({study.profile})", self.tags
+                )
+                self._record_plan(parent, fresh)
+            except PlanError:
+                lock.release()
+                raise
             self._describe(parent)
             if fresh and study.code:
                 self.tracker.log_code(parent, study.code)
@@ -234,32 +240,56 @@ class _Session:
                 self.tracker.end(run.info.run_id, "FAILED", "stopped while the tracking server was unreachable")
 
     def _record_plan(self, parent: str, fresh: bool) -> None:
-        """Fix a sequential study's looks on its parent run (tag ``ablate.sequential_plan``), once.
+        """Fix a sequential study's looks and analysis on its parent run (tag ``ablate.sequential_plan``), once.
 
         The planned intervals (``stats.LookPlan``) hold for looks chosen before the data, so the first
-        sequential run of a study records its looks and later runs keep them: a run with a higher
-        ``--max-seeds`` or another ``step`` judges the looks beyond the plan with the anytime-valid
-        sequence alone. A parent run that ran sequentially before plans were recorded (it has a sequential
-        config already) gets none: its intervals stay the anytime-valid ones at the whole alpha.
-        """
-        from ablations.report import PLAN_TAG, _parent_config
-        from ablations.stats import PLAN_RESERVE
+        sequential run of a study records its looks, its boundary and its analysis (alpha, metric,
+        baseline, claims, margins: ``ablations.report.analysis_plan``), and later runs keep them: a run
+        with a higher ``--max-seeds`` or another ``step`` judges the looks beyond the plan with the
+        anytime-valid sequence alone, and a run whose study file changed the analysis is refused
+        (:class:`PlanError`). A study with finished runs but no plan (fixed-seed runs, whose report has
+        tested them) is refused too: a plan recorded now would take data already seen as its first look.
+        A parent run that ran sequentially before plans were recorded (it has a sequential config
+        already) gets no looks: its intervals stay the anytime-valid ones at the whole alpha.
 
-        if self.study.sequential is None:
+        Raises:
+            PlanError: the study file's analysis differs from the recorded one, or the study has runs
+                from before its first sequential run.
+        """
+        from ablations.report import PLAN_TAG, _parent_config, plan_differences
+
+        study = self.study
+        if study.sequential is None:
             return
         tags = {} if fresh else self.tracker.client.get_run(parent).data.tags
+        plan = plan_record(study)
+        current = plan["analysis"]
         if PLAN_TAG in tags:
             self.recorded_plan = json.loads(tags[PLAN_TAG])
+            changed = plan_differences(self.recorded_plan.get("analysis") or {}, current)
+            if changed:
+                raise PlanError(_plan_changed(study, parent, changed))
             return
         earlier = not fresh and (
             f"{TAG}sequential_stop" in tags or _parent_config(self.tracker, parent).get("sequential") is not None
         )
-        plan = (
-            {"looks": None, "why": "the study ran sequentially before its looks were planned"}
-            if earlier
-            else {"looks": [len(seeds) for seeds in self.plan], "reserve": PLAN_RESERVE}
-        )
-        self.tracker.client.set_tag(parent, PLAN_TAG, json.dumps(plan))
+        if earlier:
+            plan = {
+                "looks": None,
+                "why": "the study ran sequentially before its looks were planned",
+                "analysis": current,
+            }
+        else:
+            seen = [] if fresh else self.tracker.children(parent)
+            if seen:
+                raise PlanError(_plan_after_data(study, parent, seen))
+        text = json.dumps(plan)
+        if len(text) > 7900:  # MLflow's tag limit is 8,000 characters: the claims' words give way first
+            for claim in current["claims"]:
+                claim.pop("text", None)
+                claim.pop("source", None)
+            text = json.dumps(plan)
+        self.tracker.client.set_tag(parent, PLAN_TAG, text)
         self.recorded_plan = plan
 
     def _describe(self, parent: str) -> None:
@@ -418,6 +448,76 @@ class RunnerError(RuntimeError):
     """A worker cannot join: the study has not been started."""
 
 
+def plan_record(study: Study) -> dict:
+    """What a sequential study's first sequential run records on its parent run (tag ``ablate.sequential_plan``).
+
+    ``looks``: the seeds per arm of each look ``study.looks()`` plans; ``reserve``: the share of alpha of
+    the anytime-valid sequence (``ablations.stats.PLAN_RESERVE``); ``boundary``: ``sequential.boundary``;
+    ``analysis``: :func:`ablations.report.analysis_plan` of the study. ``benchmarks/sequential_error.py``
+    records its simulated studies' plans with it.
+
+    Args:
+        study: a sequential study.
+
+    Returns:
+        The plan, JSON-ready.
+    """
+    from ablations.report import analysis_plan
+    from ablations.stats import PLAN_RESERVE
+
+    seq = study.sequential
+    return {
+        "looks": [len(seeds) for seeds in study.looks()],
+        "reserve": PLAN_RESERVE,
+        "boundary": seq.boundary,
+        "analysis": analysis_plan(
+            study.alpha,
+            study.metric.name,
+            study.metric.direction,
+            study.baseline,
+            [c.model_dump() for c in study.claims],
+            seq.model_dump(),
+        ),
+    }
+
+
+class PlanError(RunnerError):
+    """A sequential run refused: the study file's analysis differs from the plan its first sequential run
+    recorded, or the study has runs from before its first sequential run. The message is one line that
+    names the key, the recorded value and how to start a new study."""
+
+
+def _new_study_hint(study: Study) -> str:
+    nxt = max(study.seeds) + 100
+    return (
+        f"to change it, start a new study: give {study.path} a new name: and seeds not yet run "
+        f"(e.g. seeds: [{nxt}, {nxt + 1}, {nxt + 2}]), so that its first look is data no report has seen"
+    )
+
+
+def _plan_changed(study: Study, parent: str, changed: list) -> str:
+    """One line: which keys of the analysis differ from the recorded plan, their recorded values, what to do."""
+    keys = "; ".join(
+        f"{key} is {json.dumps(now)} in the study file, {json.dumps(was)} in the plan" for key, was, now in changed
+    )
+    return (
+        f"study '{study.name}' (parent run {parent}): {keys}; the first sequential run recorded the analysis "
+        "plan (tag ablate.sequential_plan) and a sequential study keeps it: put the value back, or "
+        + _new_study_hint(study)
+    )
+
+
+def _plan_after_data(study: Study, parent: str, seen: list) -> str:
+    """One line: the study has runs from before its first sequential run, so no plan can be recorded now."""
+    seeds = sorted({int(r.data.tags.get(f"{TAG}seed", -1)) for r in seen})
+    return (
+        f"study '{study.name}' (parent run {parent}) already has {len(seen)} finished run(s) of seeds "
+        f"{', '.join(map(str, seeds))} from fixed-seed runs, which its report has tested at alpha {study.alpha:g}; "
+        f"a sequential plan recorded now would take them as its first look, data already seen, and its error "
+        f"rate would not hold; {_new_study_hint(study)}"
+    )
+
+
 def run_study(
     study: Study,
     tracking_uri: str | None = None,
@@ -568,6 +668,12 @@ def _announce_plan(session: _Session) -> None:
     from ablations.rendering import looks_text
 
     planned = session.recorded_plan.get("looks")
+    if planned and session.recorded_plan.get("boundary") == "anytime":
+        tqdm.write(
+            f"plan: looks at {looks_text(planned)} seeds per arm and the analysis, fixed by the study's first "
+            "sequential run; anytime-valid intervals at the whole alpha (sequential.boundary: anytime)"
+        )
+        return
     if not planned:
         tqdm.write(
             "plan: none recorded (this study looked at its data sequentially before ablate recorded plans): "
@@ -677,10 +783,16 @@ def _end_quietly(tracker: Tracker, run_id: str, status: str, reason: str) -> Non
 
 
 def _diverged(tracker, ostudy, cell: Cell, trial, run_id: str, exc: DivergedError, summary: RunSummary) -> None:
-    """A run whose loss diverged: its MLflow run FAILED with the reason, its trial FAIL; the study goes on."""
+    """A run whose loss diverged: its MLflow run FAILED with the reason and the tag ``ablate.outcome`` =
+    ``diverged``, its trial FAIL and not queued again; the study goes on and the report counts the seed as
+    an outcome of its arm (``ablations.report``)."""
+    from ablations.report import DIVERGED, OUTCOME_TAG
+
     reason = f"{cell.key}: {exc}"
+    tracker.client.set_tag(run_id, OUTCOME_TAG, DIVERGED)  # an outcome of its arm, not a missing value
     tracker.end(run_id, "FAILED", reason)
     trial.set_user_attr("failure", reason)
+    trial.set_user_attr("outcome", DIVERGED)  # not queued again: the same seed diverges again
     ostudy.tell(trial, state=TrialState.FAIL)
     summary.failed[cell.key] = str(exc)
     tqdm.write(f"run '{cell.key}' failed: {exc}; the study goes on", file=sys.stderr)

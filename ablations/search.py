@@ -296,13 +296,18 @@ def cell_params(cell: Cell) -> dict:
 
 
 def pending_cells(study: Study, ostudy: optuna.Study) -> tuple[list[Cell], int]:
-    """Enqueue every cell that has no COMPLETE, WAITING or RUNNING trial.
+    """Enqueue every cell that has no COMPLETE, WAITING or RUNNING trial, nor one whose training diverged.
 
     Returns:
         (cells still to train, i.e. waiting in the queue, number already complete).
     """
     trials = ostudy.get_trials(deepcopy=False)
-    complete = {t.user_attrs.get("cell") for t in trials if t.state == TrialState.COMPLETE}
+    # A cell whose training diverged has its outcome (ablations.runner._diverged): it would diverge again.
+    complete = {
+        t.user_attrs.get("cell")
+        for t in trials
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("outcome") == "diverged")
+    }
     queued = {t.user_attrs.get("cell") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     todo = []
     for cell in study.cells():

@@ -56,7 +56,9 @@ import pandas as pd
 from scipy import special, stats
 
 __all__ = [
+    "BOUNDARIES",
     "CS_MIXTURE",
+    "DIRECTION_ONLY",
     "MIN_SEEDS",
     "PLAN_RESERVE",
     "Contrast",
@@ -65,9 +67,12 @@ __all__ = [
     "compare",
     "contrast",
     "holm",
+    "intersect",
     "judge_claim",
+    "no_spread",
     "outlying",
     "planned_level",
+    "planned_levels",
     "repeated_ci",
     "seeds_needed",
     "sequential_contrast",
@@ -81,6 +86,8 @@ __all__ = [
 ]
 
 MIN_SEEDS = 3  # fewer values per arm (or pairs): no verdict, the interval means too little
+DIRECTION_ONLY = "direction confirmed, size not resolved"  # a claim with a size: above 0, the size not tested yet
+NO_SPREAD = "no spread in the per-seed differences"
 
 
 @dataclass(frozen=True)
@@ -126,11 +133,8 @@ def summarize(values: Sequence[float] | np.ndarray | pd.Series, level: float = 0
     if n < 2:
         return Summary(n, mean, math.nan, median, math.nan, math.nan, level)
     sd = float(x.std(ddof=1))
-    if sd == 0:
-        lo = hi = mean
-    else:
-        lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=stats.sem(x))
-    return Summary(n, mean, sd, median, float(lo), float(hi), level)
+    half = float(special.stdtrit(n - 1, 0.5 + level / 2)) * sd / math.sqrt(n)  # scipy.stats.t.interval's, faster
+    return Summary(n, mean, sd, median, mean - half, mean + half, level)
 
 
 @dataclass(frozen=True)
@@ -446,38 +450,61 @@ def verdict(c: Contrast, p_adjusted: float, alpha: float, maximize: bool, min_se
         min_seeds: fewest seeds (pairs, or values per arm) for any verdict.
 
     Returns:
-        The verdict; ``not possible: < 3 seeds`` when there are too few seeds.
+        The verdict; ``not possible: < 3 seeds`` when there are too few seeds, ``not possible: no spread
+        in the per-seed differences`` when every seed gave the same nonzero contrast (a zero-width interval).
     """
     if c.n < min_seeds:
         return f"not possible: < {min_seeds} seeds"
+    if no_spread(c) and c.estimate != 0:
+        return f"not possible: {NO_SPREAD}"
     if not p_adjusted < alpha:
         return "no detectable difference"
     return "better" if (c.estimate > 0) == maximize else "worse"
 
 
-def judge_claim(c: Contrast, direction: str, min_effect: float | None = None, min_seeds: int = MIN_SEEDS) -> str:
-    """Whether a measured contrast supports a claim of the form "treatment changes the metric".
+def judge_claim(
+    c: Contrast,
+    direction: str,
+    min_effect: float | None = None,
+    min_seeds: int = MIN_SEEDS,
+    margin: float | None = None,
+    identical: bool = False,
+) -> str:
+    """Whether a measured contrast supports a claim of the form "treatment changes the metric (by at least E)".
 
-    The interval of ``c`` (computed at level ``1 - alpha``) is turned to the
-    claim's direction and read as a two-sided test of "no effect" plus a check
-    of the claimed size:
+    The interval of ``c`` (computed at level ``1 - alpha``) is turned to the claim's direction and read as
+    interval tests: of "no effect" (the direction), of the claimed size ``min_effect`` (a one-sided test of
+    ``effect >= E`` against ``effect < E`` at each end of the interval), and, with an equivalence ``margin``,
+    of "no difference as large as the margin" (two one-sided tests read off the same interval, Schuirmann
+    1987). Every reading of one interval is a test at its level (Jennison & Turnbull 2000, "Group Sequential
+    Methods with Applications to Clinical Trials", ch. 9: decisions read off repeated confidence intervals):
 
-    - ``supported``: the interval lies wholly on the claimed side of 0 and
-      reaches ``min_effect`` (when given): the effect is detected and the
-      claimed size is compatible with the data;
-    - ``contradicted``: the interval lies wholly on the other side of 0
-      (opposite effect), or it ends below ``min_effect`` (an effect as large
-      as claimed is ruled out);
-    - ``inconclusive``: anything else, or fewer than ``min_seeds`` seeds.
+    - ``contradicted: opposite effect``: the interval lies wholly on the other side of 0;
+    - a claim with a size ``E``:
+
+      - ``supported: as large as claimed (>= E)``: the interval's lower end is at least ``E``;
+      - ``contradicted: smaller than claimed (< E)``: its upper end is below ``E`` (the effect may be real,
+        but an effect as large as claimed is ruled out);
+      - ``direction confirmed, size not resolved``: it lies above 0 and contains ``E`` (not ``supported``:
+        the size is not tested yet);
+
+    - a claim without a size: ``supported`` when the interval lies wholly on the claimed side of 0;
+    - ``equivalent: within ±M``: the interval contains 0 and lies inside ``(-margin, margin)`` (no
+      difference as large as the margin either way), when the size verdicts do not apply;
+    - ``inconclusive``: anything else, fewer than ``min_seeds`` seeds, or no spread in the per-seed
+      contrasts (a zero-width interval has no uncertainty to judge by) unless the arms are identical by
+      construction (``identical``: their configs are equal, so every contrast is exactly 0).
 
     Args:
         c: treatment minus control, with its interval.
         direction: ``"increase"`` or ``"decrease"`` of the metric.
         min_effect: the claimed size (positive, in the metric's unit), or None.
         min_seeds: fewest seeds for a verdict.
+        margin: the equivalence margin (positive, the metric's unit), or None for no equivalence verdict.
+        identical: the arms are the same configuration under two labels (a zero-width interval is real).
 
     Returns:
-        ``supported``, ``contradicted`` or ``inconclusive``, with a short reason after a colon where useful.
+        The verdict, with a short reason after a colon where useful.
 
     Raises:
         ValueError: ``direction`` is neither ``increase`` nor ``decrease``.
@@ -486,15 +513,61 @@ def judge_claim(c: Contrast, direction: str, min_effect: float | None = None, mi
         raise ValueError(f"direction must be 'increase' or 'decrease', got {direction!r}")
     if c.n < min_seeds or not c.ci_low == c.ci_low:
         return f"inconclusive: < {min_seeds} seeds"
+    if no_spread(c) and not identical:
+        return f"inconclusive: {NO_SPREAD}"
     sign = 1.0 if direction == "increase" else -1.0
     lo, hi = sorted((sign * c.ci_low, sign * c.ci_high))
     if hi < 0:
         return "contradicted: opposite effect"
-    if min_effect is not None and hi < min_effect:
-        return f"contradicted: effect < {min_effect:g}"
+    inside = margin is not None and margin > 0 and -margin < lo and hi < margin
+    if min_effect is None:
+        if lo > 0:
+            return "supported"
+        return f"equivalent: within ±{margin:g}" if inside else "inconclusive"
+    if lo >= min_effect:
+        return f"supported: as large as claimed (>= {min_effect:g})"
+    if hi < min_effect:
+        if inside and lo <= 0:
+            return f"equivalent: within ±{margin:g}"
+        return f"contradicted: smaller than claimed (< {min_effect:g})"
     if lo > 0:
-        return "supported"
+        return DIRECTION_ONLY
     return "inconclusive"
+
+
+def no_spread(c: Contrast) -> bool:
+    """Whether ``c``'s interval has zero width: every per-seed contrast was the same (quantised metrics, few seeds).
+
+    Such an interval claims no uncertainty at all, so no verdict is read off it (unless the arms are
+    identical by construction, where every contrast is exactly 0).
+    """
+    return c.ci_low == c.ci_low and c.ci_low == c.ci_high
+
+
+def intersect(previous: tuple[float, float] | None, current: tuple[float, float]) -> tuple[float, float]:
+    """The running intersection of a comparison's intervals over the looks of a sequential study.
+
+    When the intervals of every look cover the true value at once with probability at least 1 - alpha
+    (repeated confidence intervals, Jennison & Turnbull 1989; a confidence sequence, Howard, Ramdas,
+    McAuliffe & Sekhon 2021, "Time-uniform, nonparametric, nonasymptotic confidence sequences", Annals of
+    Statistics 49, sect. 3: the running intersection of a confidence sequence is one too), so does their
+    intersection up to any look: it can only narrow, so a verdict read off it, once decided, stays. An
+    empty intersection can only happen on the alpha-probability event that some interval missed; the
+    earlier intersection is kept then.
+
+    Args:
+        previous: the intersection up to the last look, or None at the first.
+        current: this look's interval.
+
+    Returns:
+        ``(low, high)``.
+    """
+    if previous is None or not previous[0] == previous[0]:
+        return current
+    if not current[0] == current[0]:
+        return previous
+    lo, hi = max(previous[0], current[0]), min(previous[1], current[1])
+    return previous if lo > hi else (lo, hi)
 
 
 # ------------------------------------------------------------------------------ sequential (anytime-valid)
@@ -586,6 +659,9 @@ PLAN_RESERVE = 0.1  # share of alpha kept for the anytime-valid sequence, which 
 PLAN_SIMULATIONS = 200_000  # null studies calibrating a plan: Monte Carlo SE of its level about 0.0005 at 0.05
 
 
+BOUNDARIES = ("pocock", "obrien-fleming")
+
+
 @dataclass(frozen=True)
 class LookPlan:
     """The looks of a sequential study as planned before its first run: seeds per arm at each look.
@@ -597,16 +673,27 @@ class LookPlan:
     ``step``) only the second. By the union bound, every interval of the study covers the true mean
     at once with probability at least ``1 - alpha``, however the study is stopped or extended.
 
+    The boundary shape sets how the planned share of alpha is spread over the looks (on the scale of
+    the normal quantile ``z`` of each look's t test p-value): ``pocock``, a constant boundary, the same
+    nominal level at every look (Pocock 1977); ``obrien-fleming``, a boundary ``C sqrt(n_K / n_k)`` that
+    is very strict at the first looks and near the fixed-n level at the last (O'Brien & Fleming 1979, "A
+    multiple testing procedure for clinical trials", Biometrics 35; the shape Lan & DeMets' 1983 spending
+    function ``2 - 2 Phi(z_{alpha/2} / sqrt(t))`` approximates). Spending little alpha at 3 or 5 seeds
+    keeps one unseen bad seed (a skewed distribution of differences) from deciding a study before it is
+    drawn (``benchmarks/sequential_error.py``).
+
     Attributes:
         sizes: seeds per arm at each planned look, increasing (e.g. ``(3, 5, 7, ..., 19, 20)``).
         reserve: share of alpha for the anytime-valid sequence, in (0, 1).
+        boundary: ``pocock`` or ``obrien-fleming``.
 
     Raises:
-        ValueError: sizes empty, not increasing, or below 2; reserve outside (0, 1).
+        ValueError: sizes empty, not increasing, or below 2; reserve outside (0, 1); unknown boundary.
     """
 
     sizes: tuple[int, ...]
     reserve: float = PLAN_RESERVE
+    boundary: str = "pocock"
 
     def __post_init__(self) -> None:
         sizes = tuple(int(n) for n in self.sizes)
@@ -614,41 +701,82 @@ class LookPlan:
             raise ValueError(f"a look plan needs increasing sizes of at least 2 seeds, got {list(self.sizes)}")
         if not 0 < self.reserve < 1:
             raise ValueError(f"reserve must be in (0, 1), got {self.reserve}")
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
         object.__setattr__(self, "sizes", sizes)
+
+    def shape(self) -> np.ndarray:
+        """The boundary's shape ``b_k`` at each look: reject at look k when ``|z_k| > C b_k``."""
+        n = np.asarray(self.sizes, dtype=float)
+        return np.ones_like(n) if self.boundary == "pocock" else np.sqrt(n[-1] / n)
+
+
+def _z_of_t(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """The normal quantile with the same two-sided tail as ``|t|`` on ``df`` degrees of freedom."""
+    p_half = special.stdtr(df, -np.abs(t))  # one tail of the two-sided p-value
+    with np.errstate(divide="ignore"):
+        return -special.ndtri(p_half)
 
 
 @functools.lru_cache(maxsize=16)
-def _null_min_p(sizes: tuple[int, ...]) -> np.ndarray:
-    """The smallest two-sided one-sample t test p-value over the looks ``sizes``, of null studies, sorted.
+def _null_max_z(sizes: tuple[int, ...], boundary: str = "pocock") -> np.ndarray:
+    """``max_k |z_k| / b_k`` over the looks ``sizes`` of null studies, sorted (``z_k``: :func:`_z_of_t` of look k).
 
     Under normal iid values the vector of t statistics of ``d - mu`` at the looks does not depend on
     ``mu`` or sigma, so standard normal draws give its exact null distribution (to Monte Carlo error).
     Seeded: the same plan gives the same calibration everywhere.
     """
+    plan = LookPlan(sizes, boundary=boundary)
     rng = np.random.default_rng(20260)
-    sizes_a = np.asarray(sizes)
+    sizes_a, shape = np.asarray(sizes), plan.shape()
     out = []
     for start in range(0, PLAN_SIMULATIONS, 50_000):
         z = rng.standard_normal((min(50_000, PLAN_SIMULATIONS - start), sizes[-1]))
         s, v = np.cumsum(z, axis=1)[:, sizes_a - 1], np.cumsum(z * z, axis=1)[:, sizes_a - 1]
         var = (v - s * s / sizes_a) / (sizes_a - 1)
-        t = np.abs(s / sizes_a) / np.sqrt(var / sizes_a)
-        out.append((2.0 * special.stdtr(sizes_a - 1, -t)).min(axis=1))  # two-sided p: 2 P(T < -|t|)
+        t = (s / sizes_a) / np.sqrt(var / sizes_a)
+        out.append((_z_of_t(t, sizes_a - 1) / shape).max(axis=1))
     return np.sort(np.concatenate(out))
+
+
+def _boundary_constant(plan: LookPlan, alpha: float) -> float:
+    """``C``: the (1 - alpha) quantile of the null ``max_k |z_k| / b_k``."""
+    null = _null_max_z(plan.sizes, plan.boundary)
+    return float(null[min(math.ceil((1 - alpha) * len(null)), len(null)) - 1])
+
+
+def planned_levels(plan: LookPlan, alpha: float) -> np.ndarray:
+    """The nominal two-sided level of each planned look: reject at look k when its t test p-value is below it.
+
+    The levels ``a_k = 2 (1 - Phi(C b_k))`` with the boundary's shape ``b_k`` (:meth:`LookPlan.shape`) and
+    ``C`` such that a one-sample t test at each planned look (``n_k - 1`` degrees of freedom) at its level
+    rejects a true null at some look with probability ``alpha``. Pocock's (1977) constant level, or O'Brien
+    & Fleming's (1979) boundary, for the t statistic (whose joint null distribution over the looks is free of
+    the mean and variance): calibrated on ``PLAN_SIMULATIONS`` seeded null studies where Jennison & Turnbull
+    1991 ("Exact calculations for sequential t, chi-square and F tests", Biometrika 78) integrate
+    numerically; their 2000 book, sect. 11.4, group sequential t-tests.
+
+    Args:
+        plan: the looks and the boundary shape.
+        alpha: error probability over all the looks, in (0, 1).
+
+    Returns:
+        The nominal levels, one per look, each in (0, alpha].
+
+    Raises:
+        ValueError: alpha outside (0, 1).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return 2.0 * special.ndtr(-_boundary_constant(plan, alpha) * plan.shape())
 
 
 def planned_level(sizes: Sequence[int], alpha: float) -> float:
     """Pocock's constant nominal level for the looks ``sizes``: reject at a look when its p-value is below it.
 
-    The level ``a'`` such that a one-sample t test at each planned look (``n - 1`` degrees of freedom) at
-    level ``a'`` rejects a true null at some look with probability ``alpha`` (Pocock 1977, "Group sequential
-    methods in the design and analysis of clinical trials", Biometrika 64; for the t statistic, whose
-    joint null distribution over the looks is free of the mean and variance, calibrated on
-    ``PLAN_SIMULATIONS`` seeded null studies where Jennison & Turnbull 1991, "Exact calculations for
-    sequential t, chi-square and F tests", Biometrika 78, integrate numerically; their 2000 book "Group
-    Sequential Methods with Applications to Clinical Trials", sect. 11.4, group sequential t-tests). With
-    one look it is ``alpha``; with the default plan (looks at 3, 5, ..., 19, 20 seeds) and alpha 0.045
-    about 0.0086 (``benchmarks/sequential_error.py`` prints it).
+    :func:`planned_levels` of a Pocock plan (Pocock 1977, "Group sequential methods in the design and
+    analysis of clinical trials", Biometrika 64). With one look it is ``alpha``; with the looks at 3, 5,
+    ..., 19, 20 seeds and alpha 0.045 about 0.0086 (``benchmarks/sequential_error.py`` prints it).
 
     Args:
         sizes: seeds per arm at each planned look, increasing, each at least 2.
@@ -660,32 +788,35 @@ def planned_level(sizes: Sequence[int], alpha: float) -> float:
     Raises:
         ValueError: alpha outside (0, 1), or sizes not a valid plan (:class:`LookPlan`).
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    null = _null_min_p(LookPlan(tuple(sizes)).sizes)
-    return float(null[max(math.ceil(alpha * len(null)) - 1, 0)])
+    return float(planned_levels(LookPlan(tuple(sizes)), alpha)[0])
 
 
-def _repeated_p(sizes: tuple[int, ...], p_nominal: float) -> float:
-    """The overall p-value of a planned look: the share of null studies whose smallest p-value is at most it."""
-    null = _null_min_p(sizes)
-    return float(np.searchsorted(null, p_nominal, side="right") / len(null))
+def _repeated_p(plan: LookPlan, look: int, p_nominal: float) -> float:
+    """The overall p-value at planned look ``look``: the share of null studies with a statistic at least this."""
+    null = _null_max_z(plan.sizes, plan.boundary)
+    with np.errstate(divide="ignore"):
+        z = -float(special.ndtri(p_nominal / 2)) / float(plan.shape()[look])
+    return float(1.0 - np.searchsorted(null, z, side="left") / len(null))
 
 
-def repeated_ci(d: Sequence[float] | np.ndarray, sizes: Sequence[int], alpha: float = 0.05) -> tuple[float, float]:
-    """The repeated (1 - alpha) confidence interval for the mean of ``d`` at one of the planned looks ``sizes``.
+def repeated_ci(
+    d: Sequence[float] | np.ndarray, sizes: Sequence[int] | LookPlan, alpha: float = 0.05, look: int | None = None
+) -> tuple[float, float]:
+    """The repeated (1 - alpha) confidence interval for the mean of ``d`` at one of the planned looks.
 
-    ``m ± t(1 - a'/2, n - 1) * s / sqrt(n)`` with ``a' = planned_level(sizes, alpha)``: the t interval at
-    Pocock's nominal level. The intervals of all planned looks cover the true mean at once with
-    probability 1 - alpha when the values are independent draws of one normal distribution (Jennison &
-    Turnbull 1989, "Interim analyses: the repeated confidence interval approach", JRSS B 51), so the
+    ``m ± t(1 - a_k/2, n - 1) * s / sqrt(n)`` with ``a_k`` the look's nominal level (:func:`planned_levels`):
+    the t interval at the boundary's level. The intervals of all planned looks cover the true mean at once
+    with probability 1 - alpha when the values are independent draws of one normal distribution (Jennison
+    & Turnbull 1989, "Interim analyses: the repeated confidence interval approach", JRSS B 51), so the
     interval at a look the data chose (the first that decides) keeps its level, as does an equivalence
     verdict read off it. ``n = len(d)`` may be below the look's planned size when seeds failed.
 
     Args:
         d: the observed values (n,).
-        sizes: the planned looks (seeds per arm), increasing.
+        sizes: the planned looks (seeds per arm), increasing (a Pocock plan), or a :class:`LookPlan`.
         alpha: error probability over all the planned looks, in (0, 1).
+        look: the index of this look in the plan (default: the one of size ``len(d)``, else the first
+            at least that size).
 
     Returns:
         ``(low, high)``; ``(-inf, inf)`` when n < 2; ``(m, m)`` when every value is ``m``.
@@ -693,9 +824,12 @@ def repeated_ci(d: Sequence[float] | np.ndarray, sizes: Sequence[int], alpha: fl
     Raises:
         ValueError: alpha outside (0, 1), or sizes not a valid plan.
     """
+    plan = sizes if isinstance(sizes, LookPlan) else LookPlan(tuple(sizes))
     x = np.asarray(d, dtype=float)
-    level = planned_level(sizes, alpha)
     n = len(x)
+    if look is None:
+        look = next((k for k, size in enumerate(plan.sizes) if size >= n), len(plan.sizes) - 1)
+    level = float(planned_levels(plan, alpha)[look])
     if n < 2:
         return -math.inf, math.inf
     m, sd = float(x.mean()), float(x.std(ddof=1))
@@ -769,42 +903,55 @@ def sequential_from_values(
     n, mean = len(d), float(d.mean())
     share = 1.0 if plan is None else plan.reserve
     lo, hi = t_cs(d, alpha * share, c)
-    planned = plan is not None and (n if look is None else look) in plan.sizes
+    size = n if look is None else look
+    planned = plan is not None and size in plan.sizes
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
     if lo == hi:  # no spread
         p = 0.0 if mean != 0 else 1.0
     else:
         p = float(min(1.0, 1.0 / t_cs_martingale(d, 0.0, c)[-1] / share))
         if planned:
-            r_lo, r_hi = repeated_ci(d, plan.sizes, alpha * (1 - plan.reserve))
+            k = plan.sizes.index(size)
+            r_lo, r_hi = repeated_ci(d, plan, alpha * (1 - plan.reserve), look=k)
             lo, hi = max(lo, r_lo), min(hi, r_hi)
             p_nominal = 2.0 * float(special.stdtr(n - 1, -abs(mean) / (sd / math.sqrt(n))))
-            p = min(p, _repeated_p(plan.sizes, p_nominal) / (1 - plan.reserve), 1.0)
+            p = min(p, _repeated_p(plan, k, p_nominal) / (1 - plan.reserve), 1.0)
     es = mean / sd if sd > 0 else math.nan
     test = "RCI" if planned else "t-CS"
     return Contrast(mean, lo, hi, 1 - alpha, p, test, n - 1, n, math.nan, "-", es, "d_z", sd, w_ss)
 
 
-def sequential_verdict(c: Contrast, maximize: bool, margin: float | None = None) -> str:
-    """The verdict of an anytime-valid comparison (:func:`sequential_contrast`).
+def sequential_verdict(
+    c: Contrast, maximize: bool, margin: float | None = None, min_seeds: int = MIN_SEEDS, identical: bool = False
+) -> str:
+    """The verdict of a sequential comparison (:func:`sequential_contrast`, or its running intersection).
 
     - ``better`` / ``worse``: the interval excludes 0 (on the better or worse side of the metric);
     - ``equivalent``: it lies inside ``(-margin, margin)`` and contains 0: no difference as large
       as the margin (the sequential form of two one-sided tests, Schuirmann 1987, read off the same
-      (1 - alpha) sequence, which is conservative);
-    - ``no detectable difference``: neither yet.
+      (1 - alpha) interval, which is conservative; Jennison & Turnbull 2000, ch. 9);
+    - ``no detectable difference``: neither yet;
+    - ``not possible: < 3 seeds`` with fewer than ``min_seeds`` seeds, and ``not possible: no spread in the
+      per-seed differences`` when the interval has zero width (every seed gave the same difference) unless
+      the arms are identical by construction (``identical``), where a zero difference is exact.
 
     Args:
-        c: treatment minus baseline with its anytime-valid interval.
+        c: treatment minus baseline with its sequential interval.
         maximize: whether larger values of the metric are better.
         margin: the equivalence margin (positive, the values' unit), or None for no equivalence.
+        min_seeds: fewest seeds (pairs) for a verdict.
+        identical: the arms are one configuration under two labels.
 
     Returns:
-        One of the four verdicts.
+        One of the verdicts above.
     """
     lo, hi = c.ci_low, c.ci_high
+    if c.n < min_seeds:
+        return f"not possible: < {min_seeds} seeds"
     if not (lo == lo and hi == hi):
         return "no detectable difference"
+    if no_spread(c) and not identical:
+        return f"not possible: {NO_SPREAD}"
     if lo > 0 or hi < 0:
         return "better" if (c.estimate > 0) == maximize else "worse"
     if margin is not None and margin > 0 and -margin < lo and hi < margin:

@@ -117,7 +117,17 @@ class SequentialSpec(BaseModel):
         max_seeds: the cap, seeds per arm.
         step: seeds added to every arm per round.
         equivalence_margin: a difference smaller than this (the metric's report unit: percent points
-            for accuracies) counts as no difference: an interval inside +-margin is ``equivalent``.
+            for accuracies) counts as no difference: an interval inside +-margin is ``equivalent``, for
+            the arms and main effects and for the claims.
+        interaction_margin: the same for interaction contrasts (a difference of differences, on their own
+            scale); None: interactions get no ``equivalent`` verdict.
+        boundary: how the looks share alpha: ``anytime`` (the default: the anytime-valid confidence
+            sequence at the whole alpha, which keeps its error rate when one seed in ten is far off,
+            ``benchmarks/sequential_error.py``), or, for more power when the per-seed differences are
+            normal, repeated confidence intervals at the planned looks with ``obrien-fleming`` (strict at
+            the first looks) or ``pocock`` (the same level at every look) boundaries (``ablations.stats.LookPlan``).
+        stop_on_direction: stop once a claim with a size has its direction confirmed, without its size
+            resolved (by default the study goes on to the cap to test the size).
         timeout: seconds of wall time for one ``ablate run`` of the study; no new round starts after it.
     """
 
@@ -125,6 +135,9 @@ class SequentialSpec(BaseModel):
     max_seeds: int = Field(default=20, ge=2)
     step: int = Field(default=2, ge=1)
     equivalence_margin: float | None = Field(default=None, gt=0)
+    interaction_margin: float | None = Field(default=None, gt=0)
+    boundary: Literal["anytime", "obrien-fleming", "pocock"] = "anytime"
+    stop_on_direction: bool = False
     timeout: float | None = Field(default=None, gt=0)
 
 

@@ -45,9 +45,10 @@ def test_diverging_cells_fail_with_reason_and_the_study_goes_on(env):
     assert set(summary.failed) == {"augment.std=[0.0, 0.0, 0.0] seed=0", "augment.std=[0.0, 0.0, 0.0] seed=1"}
     failed = _runs("FAILED")
     assert len(failed) == 2 and all("diverged" in r.data.tags["ablate.failure"] for r in failed)
-    # failed cells are tried again on the next run; finished ones are not
+    assert all(r.data.tags["ablate.outcome"] == "diverged" for r in failed)  # an outcome of its arm
+    # a diverged cell has its outcome (the same seed diverges again), so neither it nor a finished one trains again
     again = runner.run_study(load_study(env), progress=False)
-    assert again.skipped == 2 and again.trained == [] and len(again.failed) == 2
+    assert again.skipped == 2 and again.trained == [] and again.failed == {} and len(_runs("FAILED")) == 2
 
 
 def test_interrupted_cell_is_killed_and_trained_again(env, monkeypatch):

@@ -65,7 +65,9 @@ def tiny_store(tmp_path, monkeypatch):
 def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_trains_nothing(
     tmp_path, tiny_store, capsys
 ):
-    path = write(tmp_path, TINY.format(name="resume"))
+    # planned looks with Pocock's boundary (the default is the anytime-valid sequence alone, which has no looks
+    # beyond a plan)
+    path = write(tmp_path, TINY.format(name="resume") + "sequential: {boundary: pocock}\n")
     first = runner.run_study(load_study(path, max_seeds=3), progress=False)  # as if killed after look 1
     assert len(first.trained) == 6 and first.stopped == "max_seeds"
     again = runner.run_study(load_study(path, max_seeds=5), progress=False)
@@ -78,14 +80,16 @@ def test_a_sequential_study_resumes_from_its_finished_seeds_and_a_finished_one_t
     done = runner.run_study(load_study(path, max_seeds=5), progress=False)
     assert done.trained == [] and done.skipped == 10 and done.stopped == again.stopped
     r = build_report(load_runs("resume"))
-    assert r.sequential["stopped"] in ("decided", "max_seeds") and [x["seeds"] for x in r.sequential["looks"]] == [3, 5]
+    # tiny random images, no true effect: 5 seeds per arm decide nothing, and the study says it hit its cap
+    assert r.sequential["stopped"] == "max_seeds" and [x["seeds"] for x in r.sequential["looks"]] == [3, 5]
     assert json.loads(render(r, "json"))["sequential"]["looks"][1]["seeds"] == 5
     page = render(r, "html")  # one self-contained page: the figures inline, the looks plot among them
     assert "<h2>Looks</h2>" in page and 'alt="looks" src="data:image/png;base64,' in page
     assert 'alt="effects"' in page and 'alt="learning_curves"' in page
     # The first sequential run planned one look (max 3): the later --max-seeds 5 keeps that plan, so look 2
     # lies beyond it and gets the anytime-valid interval alone.
-    assert r.sequential["plan"] == {"looks": [3], "reserve": 0.1}
+    assert r.sequential["plan"] == {"looks": [3], "reserve": 0.1, "boundary": "pocock"}
+    assert r.sequential["analysis"]["alpha"] == 0.05 and r.sequential["analysis"]["claims"] == []
     assert [look["comparisons"][0]["test"] for look in r.sequential["looks"]] == ["RCI", "t-CS"]
     text = render(r, "table")
     assert "at the 1 look the study's first sequential run planned (3 seeds per arm)" in " ".join(text.split())
@@ -99,9 +103,8 @@ def test_a_study_that_ran_sequentially_before_plans_were_recorded_keeps_the_anyt
     from ablations.tracking import Tracker
 
     path = write(tmp_path, TINY.format(name="legacy"))
-    first = runner.run_study(load_study(path), progress=False)  # fixed seeds first: no sequential look yet
-    assert runner.run_study(load_study(path, max_seeds=3), progress=False).trained == []  # look 1 is those runs
-    assert build_report(load_runs("legacy")).sequential["plan"]["looks"] == [3]  # so the plan is recorded
+    first = runner.run_study(load_study(path, max_seeds=3), progress=False)
+    assert build_report(load_runs("legacy")).sequential["plan"]["looks"] == [3]  # the plan is recorded
     client = Tracker(None).client
     client.delete_tag(first.parent_run_id, PLAN_TAG)  # as an earlier version left it: no plan on the parent run
     r = build_report(load_runs("legacy"))
@@ -109,9 +112,58 @@ def test_a_study_that_ran_sequentially_before_plans_were_recorded_keeps_the_anyt
     capsys.readouterr()
     runner.run_study(load_study(path, max_seeds=5), progress=False)  # its looks were seen: no plan now
     assert "plan: none recorded" in capsys.readouterr().out
-    assert json.loads(client.get_run(first.parent_run_id).data.tags[PLAN_TAG])["looks"] is None
+    recorded = json.loads(client.get_run(first.parent_run_id).data.tags[PLAN_TAG])
+    assert recorded["looks"] is None and recorded["analysis"]["alpha"] == 0.05  # the analysis is frozen from now on
     r = build_report(load_runs("legacy"))
     assert {look["comparisons"][0]["test"] for look in r.sequential["looks"]} == {"t-CS"}
+
+
+def test_a_fixed_seed_study_cannot_start_a_plan_on_the_runs_its_report_has_seen(tmp_path, tiny_store):
+    """Peeking at a fixed-seed report and going sequential only when it was not significant would spend the
+    alpha twice: the runner refuses instead of recording a fresh plan whose first look is data already tested."""
+    path = write(tmp_path, TINY.format(name="peek"))
+    runner.run_study(load_study(path), progress=False)  # 3 seeds per arm, reported at alpha 0.05
+    with pytest.raises(runner.PlanError) as err:
+        runner.run_study(load_study(path, until_decided=True), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "already has 6 finished run(s) of seeds 0, 1, 2" in message
+    assert "start a new study: give" in message and "a new name: and seeds not yet run" in message
+    out = CliRunner().invoke(main, ["run", str(path), "--until-decided"])  # the same stores (mlruns/ here)
+    assert out.exit_code == 1 and "Traceback" not in out.output and "already has 6 finished run(s)" in out.output
+
+
+def test_editing_the_analysis_after_the_first_sequential_run_is_refused(tmp_path, tiny_store):
+    """alpha, the margins and the claims are fixed with the looks: loosening them after an undecided look would
+    make a decision at the next look more likely than the plan's error rate allows."""
+    claim = (
+        "claims:\n  - {source: s, text: t, treatment: {batchnorm: false}, control: {batchnorm: true},"
+        " direction: increase, min_effect: 2.0}\n"
+    )
+    block = "sequential: {equivalence_margin: 1.0}\n"
+    path = write(tmp_path, TINY.format(name="frozen") + block + claim)
+    original = path.read_text()
+    runner.run_study(load_study(path, max_seeds=3), progress=False)
+    for key, edited, recorded in (
+        ("alpha", original + "alpha: 0.1\n", "0.05"),
+        ("equivalence_margin", original.replace(block, "sequential: {equivalence_margin: 5.0}\n"), "1.0"),
+        ("claims", original.replace("min_effect: 2.0", "min_effect: 0.5"), '"min_effect": 2.0'),
+    ):
+        path.write_text(edited)
+        with pytest.raises(runner.PlanError) as err:
+            runner.run_study(load_study(path, max_seeds=5), progress=False)
+        message = str(err.value)
+        assert "\n" not in message and f"{key} is " in message and recorded in message, message
+        assert "put the value back, or" in message and "start a new study" in message
+    path.write_text(original.replace("text: t", "text: the same test in other words"))  # words may change
+    runner.run_study(load_study(path, max_seeds=3), progress=False)
+    # `ablate report --alpha` on the study: the recorded plan's verdict, and beside it an exploratory one
+    out = CliRunner().invoke(main, ["report", "frozen", "--alpha", "0.2", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    rep = json.loads(out.output)
+    assert rep["alpha"] == 0.05 and rep["sequential"]["analysis"]["alpha"] == 0.05
+    assert rep["exploratory"]["alpha"] == 0.2 and rep["exploratory"]["changed"][0]["key"] == "alpha"
+    text = CliRunner().invoke(main, ["report", "frozen", "--alpha", "0.2"]).output
+    assert "exploratory" in text and "not error-controlled" in " ".join(text.split())
 
 
 def test_the_looks_plot_draws_one_panel_per_deciding_comparison():

@@ -87,8 +87,16 @@ def test_no_spread_gives_a_point_and_identical_arms_are_equivalent():
         {"a": pd.Series([50.0, 51.0, 49.0]), "b": pd.Series([50.0, 51.0, 49.0])}, {"a": 1.0, "b": -1.0}
     )
     assert (c.ci_low, c.ci_high, c.estimate) == (0.0, 0.0, 0.0)
-    assert stats.sequential_verdict(c, True, margin=1.0) == "equivalent"
-    assert stats.sequential_verdict(c, True) == "no detectable difference"  # no margin: equivalence not asked
+    assert stats.sequential_verdict(c, True, margin=1.0, identical=True) == "equivalent"
+    assert stats.sequential_verdict(c, True, identical=True) == "no detectable difference"  # no margin: not asked
+    # The same zero-width interval from arms that are not one config (quantised metrics): no verdict at all.
+    assert stats.sequential_verdict(c, True, margin=1.0) == "not possible: no spread in the per-seed differences"
+    two = stats.sequential_from_values(np.array([2.0, 2.0]))
+    assert stats.sequential_verdict(two, True) == "not possible: < 3 seeds"  # a look cut to 2 seeds by failures
+    equal = stats.sequential_from_values(np.array([2.0, 2.0, 2.0]))
+    assert (equal.ci_low, equal.ci_high) == (2.0, 2.0) and stats.sequential_verdict(equal, True).startswith(
+        "not possible: no spread"
+    )
 
 
 def test_too_few_seeds_give_the_whole_line():

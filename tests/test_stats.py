@@ -192,16 +192,42 @@ def _c(est, lo, hi, n=3):
     ("interval", "direction", "min_effect", "expected"),
     [
         ((1.0, 0.2, 1.8), "increase", None, "supported"),
-        ((1.0, 0.2, 1.8), "increase", 1.4, "supported"),  # detected, and 1.4 is inside the interval
-        ((1.0, 0.2, 1.2), "increase", 1.4, "contradicted: effect < 1.4"),  # real but smaller than claimed
-        ((0.1, -0.5, 0.7), "increase", 1.4, "contradicted: effect < 1.4"),  # 1.4 ruled out
+        # a claim with a size: the size is tested too, and a detected direction alone is not `supported`
+        ((1.0, 0.2, 1.8), "increase", 1.4, "direction confirmed, size not resolved"),
+        ((2.0, 1.5, 2.5), "increase", 1.4, "supported: as large as claimed (>= 1.4)"),
+        ((1.0, 0.2, 1.2), "increase", 1.4, "contradicted: smaller than claimed (< 1.4)"),  # real but smaller
+        ((0.1, -0.5, 0.7), "increase", 1.4, "contradicted: smaller than claimed (< 1.4)"),  # 1.4 ruled out
         ((-1.0, -1.8, -0.2), "increase", None, "contradicted: opposite effect"),
-        ((-1.0, -1.8, -0.2), "decrease", 0.5, "supported"),
+        ((-1.0, -1.8, -0.2), "decrease", 0.2, "supported: as large as claimed (>= 0.2)"),
+        ((-1.0, -1.8, -0.2), "decrease", 1.5, "direction confirmed, size not resolved"),
         ((2.6, -7.1, 12.3), "increase", 1.4, "inconclusive"),  # the 5-epoch BatchNorm check
     ],
 )
 def test_judge_claim(interval, direction, min_effect, expected):
     assert stats.judge_claim(_c(*interval), direction, min_effect) == expected
+
+
+@pytest.mark.parametrize(
+    ("interval", "min_effect", "expected"),
+    [
+        ((0.1, -0.5, 0.7), None, "equivalent: within ±1"),  # no difference as large as the margin
+        ((0.1, -0.5, 0.7), 1.4, "equivalent: within ±1"),  # also below the claimed size: no difference at all
+        ((0.1, -0.5, 1.2), 1.4, "contradicted: smaller than claimed (< 1.4)"),  # below 1.4, not within ±1
+        ((0.6, 0.3, 0.9), None, "supported"),  # a real increase, smaller than the margin: the direction decides
+        ((0.6, 0.3, 0.9), 0.2, "supported: as large as claimed (>= 0.2)"),
+        ((0.1, -1.5, 0.7), None, "inconclusive"),
+    ],
+)
+def test_a_claim_can_end_equivalent_within_the_margin(interval, min_effect, expected):
+    assert stats.judge_claim(_c(*interval), "increase", min_effect, margin=1.0) == expected
+
+
+def test_no_verdict_from_a_zero_width_interval_unless_the_arms_are_identical():
+    point = _c(2.0, 2.0, 2.0)  # three seeds, every difference exactly 2 (quantised accuracies)
+    assert stats.judge_claim(point, "increase", 1.4) == "inconclusive: no spread in the per-seed differences"
+    zero = _c(0.0, 0.0, 0.0)
+    assert stats.judge_claim(zero, "increase", margin=1.0, identical=True) == "equivalent: within ±1"
+    assert stats.verdict(point, 0.0, 0.05, True) == "not possible: no spread in the per-seed differences"
 
 
 def test_judge_claim_needs_three_seeds_and_a_direction():
