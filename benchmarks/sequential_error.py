@@ -1,128 +1,316 @@
-"""The error rates and the seeds to a verdict of three stopping rules on simulated sequential studies, in one run.
+"""False verdicts, coverage and seeds to a verdict of sequential studies, judged by the code of `ablate report`.
 
-    python benchmarks/sequential_error.py [--studies 4000] [--sd 2.5]
+    python benchmarks/sequential_error.py [--studies 500] [--workers 2] [--rows 'mixture;effect 3']
 
-Each simulated study draws per-seed differences from N(effect, sd) and looks after 3, 5, ..., 19, 20 seeds
-per arm (the default `sequential` block: seeds [0, 1, 2], step 2, max_seeds 20). It prints, for a true
-effect of 0, how often each rule ends with a false better/worse, and, for true effects 0, 0.7 and 3 pp, how
-often the interval at the stop covers the truth, how many seeds per arm the study took, and how often it ended
-decided (better, worse or equivalent within 1 pp) before the cap: (a) the anytime-valid t confidence sequence
-alone (`ablations.stats.sequential_from_values` without a plan: a study whose looks were not planned), (b) the
-naive rule, stopping the first time the fixed-n paired t interval excludes 0, and (c) ablate's rule for a study
-whose first sequential run recorded its looks: the repeated confidence interval of the planned looks at 0.9
-alpha intersected with the anytime-valid sequence at 0.1 alpha. (d) is (c) with one seed of every study failed
-(a random one of the 20, dropped from every look after it), and (e) is (c) extended after an undecided cap of 20
-to 40 seeds, looks 22, 24, ..., 40 beyond the plan. (f) and (g) are (a) and (c) when the per-seed differences
-are not normal but skewed: a lognormal (sigma 0.3, skewness 0.95) shifted to mean 0 and scaled to the same SD,
-and (h) is one fixed-n paired t test at 7 seeds (what a fixed-seed study's report does) on those skewed values.
-The same checks, but (f), (g) and (h), are tests in tests/test_sequential_stats.py.
+Every simulated study is a set of synthetic runs (one test accuracy per arm and seed) of a one-factor study,
+judged by `ablations.report.build_report`, the function `ablate report` and the runner's look replay use: the
+looks `load_study(..., max_seeds=20).looks()` plans for a study file with seeds [0, 1, 2] (3, 5, ..., 19, 20
+seeds per arm), the plan and analysis the study's first sequential run records (`ablations.runner.plan_record`),
+its claims, the Bonferroni split over its comparisons, the running intersection of each comparison's intervals,
+the rule that every deciding comparison must be decided, and failed runs as the report reads them. Only the
+runs are synthetic: the baseline arm scores 80% + N(0, 2 pp) per seed, another arm the baseline's value plus
+the row's per-seed difference (percent points).
+
+Rows (true effect 0 unless the row says otherwise; a "false verdict" is `better` or `worse` where there is no
+effect):
+
+- normal: differences N(0, 2.5 pp); one comparison, and three arms against one baseline (family-wise);
+- skewed: a lognormal (sigma 0.3, skewness 0.95) shifted to mean 0, SD 2.5 pp;
+- mixture: 90% N(0, 1) and 10% N(-6, 1), centred to mean 0 (an occasional bad seed);
+- each of those beside one paired t test at the rule's mean seeds per arm (what a fixed-seed report does);
+- peek then sequential: a fixed-seed report at 3 seeds, and the sequential run the runner refuses on those runs
+  (a fresh plan on seen data, the row shows what refusing prevents);
+- loosened alpha: `ablate report --alpha 0.10` at every study: the recorded plan's verdict, and the exploratory
+  one beside it;
+- diverging arm: the treatment diverges on 20% of seeds (counted at chance, 10%) and is otherwise as good; a
+  false verdict is `better` or `equivalent`;
+- claimed size: true effect 0.4 pp, claimed 1.4 pp, SD 1 pp; a false verdict is `supported: as large as
+  claimed`;
+- claims, no effect: a claim without a size, differences N(0, 0.5 pp), equivalence margin 1 pp: how often the
+  study ends `equivalent` before the cap;
+- extended to 40: the plan of 20 recorded, then `--max-seeds 40` after an undecided cap;
+- effect 2 and 3 pp: the seeds per arm to a verdict and the coverage of the interval at the stop.
+
+Every row with the default (`sequential.boundary: anytime`), some also with `pocock` and `obrien-fleming`.
+`tests/test_sequential_error.py` runs a few studies of every row.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from ablations import stats  # noqa: E402
+from ablations.report import StudyRuns, build_report  # noqa: E402
+from ablations.runner import plan_record  # noqa: E402
+from ablations.study import load_study  # noqa: E402
 
-LOOKS = [3, 5, 7, 9, 11, 13, 15, 17, 19, 20]
+CAP = 20
+SD = 2.5  # per-seed SD of the difference, pp (the batchnorm study's spread at the quick budget)
+LEVELS = ["1.0e-3", "2.0e-3", "3.0e-3", "4.0e-3"]  # the factor's levels (optim.lr): the first is the baseline
+DIVERGE = 0.2
 
-
-PLAN = stats.LookPlan(tuple(LOOKS))
-EXTENDED = LOOKS + list(range(22, 41, 2))
-
-
-def sequential(
-    d: np.ndarray, alpha: float, margin: float, plan=None, looks=LOOKS, failed: int | None = None
-) -> tuple[str, float, float, int]:
-    """The first decided look of one study (or the last): verdict, interval, seeds per arm planned."""
-    for n in looks:
-        x = d[:n] if failed is None or failed >= n else np.delete(d[:n], failed)
-        c = stats.sequential_from_values(x, alpha, plan=plan, look=n)
-        v = stats.sequential_verdict(c, True, margin)
-        if v != "no detectable difference":
-            break
-    return v, c.ci_low, c.ci_high, n
+STUDY = """name: sim
+question: a simulated study
+base: {{train.epochs: 1}}
+factors:
+  optim.lr: [{levels}]
+seeds: [0, 1, 2]
+alpha: {alpha}
+sequential: {{max_seeds: {cap}, step: 2, boundary: {boundary}{margin}}}
+{claims}"""
 
 
-def naive(d: np.ndarray, alpha: float) -> tuple[str, float, float, int]:
-    for n in LOOKS:
-        x = d[:n]
-        half = sps.t.ppf(1 - alpha / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-        if abs(x.mean()) > half:
-            return ("better" if x.mean() > 0 else "worse"), x.mean() - half, x.mean() + half, n
-    return "no detectable difference", x.mean() - half, x.mean() + half, n
+def study_file(
+    folder: Path, arms: int, boundary: str, margin: float | None, claim: str | None, alpha: float = 0.05
+) -> Path:
+    """A study file whose only use is its looks, plan and analysis (nothing trains)."""
+    claims = ""
+    if claim is not None:
+        claims = (
+            "claims:\n  - {source: s, text: t, treatment: {optim.lr: 2.0e-3}, control: {optim.lr: 1.0e-3}, "
+            f"direction: increase{claim}}}\n"
+        )
+    path = folder / f"sim-{arms}-{boundary}-{margin}-{abs(hash(claim))}-{alpha}.yaml"
+    path.write_text(
+        STUDY.format(
+            levels=", ".join(LEVELS[:arms]),
+            alpha=alpha,
+            cap=CAP,
+            boundary=boundary,
+            margin="" if margin is None else f", equivalence_margin: {margin}",
+            claims=claims,
+        )
+    )
+    return path
 
 
-def fixed(d: np.ndarray, alpha: float, n: int = 7) -> tuple[str, float, float, int]:
-    """One paired t test at n seeds, no looks: the fixed-seed report's test."""
-    x = d[:n]
-    half = sps.t.ppf(1 - alpha / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-    v = ("better" if x.mean() > 0 else "worse") if abs(x.mean()) > half else "no detectable difference"
-    return v, x.mean() - half, x.mean() + half, n
+def runs_of(study, plan: dict, diffs: np.ndarray, base: np.ndarray, diverged=None, sequential=True) -> StudyRuns:
+    """The runs of one simulated study as ``ablations.report.load_runs`` returns them from MLflow.
+
+    ``diffs`` (arms - 1, seeds): each other arm's per-seed difference to the baseline (pp); ``base`` (seeds,)
+    the baseline's values (%); ``diverged`` (seeds,) bool: the first other arm's seeds that diverged.
+    """
+    cells = study.with_seeds(list(range(diffs.shape[1]))).cells()
+    labels = [c.arm for c in cells]
+    arms = list(dict.fromkeys(labels))
+    rows, fails = [], []
+    for cell in cells:
+        k, s = arms.index(cell.arm), cell.seed
+        if k == 1 and diverged is not None and diverged[s]:
+            fails.append({"arm": cell.arm, "seed": s, "status": "FAILED", "kind": "diverged"})
+            continue
+        value = base[s] + (diffs[k - 1, s] if k else 0.0)
+        rows.append({"arm": cell.arm, "seed": s, "optim.lr": cell.arm.split("=")[1], "test_acc": value / 100})
+    seq = None
+    if sequential:
+        block = study.sequential.model_dump()
+        seq = {**block, "looks": study.looks(), "stopped": None, "plan": dict(plan), "analysis": plan["analysis"]}
+        seq["plan"].pop("analysis")
+    return StudyRuns(
+        study.name,
+        study.profile,
+        "simulated",
+        {"optim.lr": [a.split("=")[1] for a in arms]},
+        "test_acc",
+        "maximize",
+        pd.DataFrame(rows),
+        len(fails),
+        claims=[c.model_dump() for c in study.claims],
+        baseline={"optim.lr": arms[0].split("=")[1]},
+        alpha=study.alpha,
+        failures=pd.DataFrame(fails, columns=["arm", "seed", "status", "kind"]),
+        sequential=seq,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- the rows
+
+ROWS: dict[str, dict] = {}
+
+
+def row(name: str, **spec) -> None:
+    ROWS[name] = spec
+
+
+for b in ("anytime", "pocock", "obrien-fleming"):
+    row(f"normal, 1 comparison [{b}]", data="normal", boundary=b)
+row("normal, 3 arms vs baseline [anytime]", data="normal", arms=4)
+for b in ("anytime", "obrien-fleming"):
+    row(f"skewed (lognormal) [{b}]", data="skewed", boundary=b)
+for b in ("anytime", "pocock", "obrien-fleming"):
+    row(f"mixture, 1 seed in 10 bad [{b}]", data="mixture", boundary=b)
+row("peek at 3 seeds, then sequential [anytime]", data="normal", peek=True)
+row("loosened alpha: report --alpha 0.10 [anytime]", data="normal", loosen=0.10)
+row("diverging arm, 20% of seeds [anytime]", data="normal", diverge=True, margin=1.0)
+row("claimed size: true 0.4, claimed 1.4, SD 1 [anytime]", data="normal", effect=0.4, sd=1.0, claim=1.4)
+row("claims, no effect, margin 1, SD 0.5 [anytime]", data="normal", sd=0.5, claim=0.0, margin=1.0)
+row("extended to 40 after the cap [pocock]", data="normal", boundary="pocock", extend=40)
+for e, boundaries in ((3.0, ("anytime", "pocock", "obrien-fleming")), (2.0, ("anytime", "pocock"))):
+    for b in boundaries:
+        row(f"effect {e:g} pp [{b}]", data="normal", effect=e, boundary=b)
+
+
+def draw(spec: dict, rng: np.random.Generator, n: int, seeds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(diffs (n, arms - 1, seeds), base (n, seeds), diverged (n, seeds))`` of a row."""
+    arms = spec.get("arms", 2)
+    sd, effect = spec.get("sd", SD), spec.get("effect", 0.0)
+    shape = (n, arms - 1, seeds)
+    if spec["data"] == "normal":
+        d = rng.normal(effect, sd, shape)
+    elif spec["data"] == "skewed":
+        sigma = 0.3
+        mean, s = math.exp(sigma**2 / 2), math.sqrt((math.exp(sigma**2) - 1) * math.exp(sigma**2))
+        d = effect + (rng.lognormal(0.0, sigma, shape) - mean) / s * sd
+    else:  # mixture: 90% N(0, 1), 10% N(-6, 1), centred to mean 0
+        d = np.where(rng.random(shape) < 0.1, rng.normal(-6, 1, shape), rng.normal(0, 1, shape)) + 0.6 + effect
+    base = 80 + rng.normal(0, 2.0, (n, seeds))
+    diverged = rng.random((n, seeds)) < DIVERGE if spec.get("diverge") else np.zeros((n, seeds), bool)
+    return d, base, diverged
+
+
+_CACHE: dict = {}
+
+
+def studies_of(spec: dict, alpha: float = 0.05):
+    """The row's study (looks, plan, analysis) from a study file, as `ablate run` would load it."""
+    key = (spec.get("arms", 2), spec.get("boundary", "anytime"), spec.get("margin"), spec.get("claim"), alpha)
+    key += (spec.get("extend"),)
+    if key not in _CACHE:
+        folder = Path(tempfile.mkdtemp(prefix="ablate-sim-"))
+        claim = spec.get("claim")
+        text = None if claim is None else ("" if claim == 0 else f", min_effect: {claim}")
+        path = study_file(folder, key[0], key[1], key[2], text, alpha)
+        study = load_study(path, max_seeds=CAP)
+        plan = plan_record(study)
+        extended = load_study(path, max_seeds=spec["extend"]) if spec.get("extend") else None
+        _CACHE[key] = (study, plan, extended)
+    return _CACHE[key]
+
+
+def judge(args) -> list[tuple]:
+    """Judge a chunk of simulated studies of one row: one tuple per study (see ``summarize``)."""
+    name, d, base, diverged = args
+    spec = ROWS[name]
+    study, plan, extended = studies_of(spec)
+    out = []
+    for k in range(len(d)):
+        sr = runs_of(extended or study, plan, d[k], base[k], diverged[k] if spec.get("diverge") else None)
+        peeked = None
+        if spec.get("peek"):  # the fixed-seed report at 3 seeds, before any sequential run
+            fixed = runs_of(study, plan, d[k][:, :3], base[k][:3], sequential=False)
+            peeked = build_report(fixed).effects.iloc[0]["verdict"]
+        r = build_report(sr, alpha=spec.get("loosen"))
+        last = r.sequential["looks"][-1]
+        verdicts = [c["verdict"] for c in last["comparisons"]]
+        lo, hi = last["comparisons"][0]["ci_low"], last["comparisons"][0]["ci_high"]
+        explored = [c["verdict"] for c in (r.exploratory or {}).get("comparisons", [])]
+        out.append((verdicts, r.sequential["stopped"], last["seeds"], lo, hi, peeked, explored))
+    return out
+
+
+def fixed_t(d: np.ndarray, n: int, alpha: float) -> float:
+    """The share of studies where one paired t test at ``n`` seeds (first comparison) rejects no difference."""
+    x = d[:, 0, :n]
+    half = sps.t.ppf(1 - alpha / 2, n - 1) * x.std(axis=1, ddof=1) / math.sqrt(n)
+    return float((np.abs(x.mean(axis=1)) > half).mean())
+
+
+def se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 1e-12) / n)
+
+
+def summarize(name: str, spec: dict, res: list[tuple], d: np.ndarray, alpha: float) -> str:
+    n = len(res)
+    effect = spec.get("effect", 0.0)
+    verdicts = [v for v, *_ in res]
+    seeds = float(np.mean([s for _, _, s, *_ in res]))
+    before_cap = sum(stop == "decided" for _, stop, *_ in res) / n
+    cover = sum(lo <= effect <= hi for _, _, _, lo, hi, *_ in res) / n
+    parts = []
+    if spec.get("diverge"):
+        false = sum(v[0] in ("better", "equivalent") for v in verdicts) / n
+        worse = sum(v[0] == "worse" for v in verdicts) / n
+        parts.append(f"false (better or equivalent) {false:.3f} ± {se(false, n):.3f}; worse {worse:.3f}")
+    elif spec.get("claim") is not None and spec["claim"] > 0:
+        false = sum(v[0].startswith("supported") for v in verdicts) / n
+        direction = sum(v[0].startswith("direction confirmed") for v in verdicts) / n
+        smaller = sum(v[0].startswith("contradicted: smaller") for v in verdicts) / n
+        parts.append(
+            f"false (as large as claimed) {false:.3f} ± {se(false, n):.3f}; smaller than claimed {smaller:.3f}; "
+            f"direction confirmed, size not resolved {direction:.3f}"
+        )
+    elif spec.get("claim") == 0:
+        equiv = sum(v[0].startswith("equivalent") for v in verdicts) / n
+        false = sum(v[0].startswith(("supported", "contradicted")) for v in verdicts) / n
+        parts.append(f"false {false:.3f} ± {se(false, n):.3f}; equivalent {equiv:.3f}")
+    elif effect == 0:
+        false = sum(any(x in ("better", "worse") for x in v) for v in verdicts) / n
+        parts.append(f"false {false:.3f} ± {se(false, n):.3f}")
+        if spec.get("peek"):
+            bad = ("better", "worse")
+            fixed = sum(r[5] in bad for r in res) / n
+            fresh = sum(r[5] in bad or any(x in bad for x in r[0]) for r in res) / n
+            parts[-1] = (
+                f"false {fixed:.3f} ± {se(fixed, n):.3f} (the runner refuses the sequential run: the fixed report's "
+                f"verdicts alone; with a fresh plan on the seen runs {fresh:.3f} ± {se(fresh, n):.3f})"
+            )
+        if spec.get("loosen"):
+            loose = sum(any(x in ("better", "worse") for x in e) for *_, e in res) / n
+            parts.append(f"exploratory at alpha {spec['loosen']:g}: {loose:.3f} (not error-controlled)")
+        if not any(spec.get(k) for k in ("peek", "loosen", "extend")) and spec.get("arms", 2) == 2:
+            k = round(seeds)
+            t = fixed_t(d, k, alpha)
+            parts.append(f"one t test at {k} seeds {t:.3f} ± {se(t, n):.3f}")
+    else:
+        better = sum(v[0] == "better" for v in verdicts) / n
+        parts.append(f"better {better:.3f}")
+    parts += [
+        f"decided before the cap {before_cap:.3f}",
+        f"mean seeds per arm at the stop {seeds:.1f}",
+        f"coverage at the stop {cover:.3f} ± {se(cover, n):.3f}",
+    ]
+    return f"{name}: " + "; ".join(parts)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--studies", type=int, default=4000)
-    ap.add_argument("--sd", type=float, default=2.5, help="SD of the per-seed difference, pp")
+    ap.add_argument("--studies", type=int, default=500, help="simulated studies per row")
+    ap.add_argument("--workers", type=int, default=2, help="processes (the rows' studies are split among them)")
+    ap.add_argument("--rows", default="", help="';'-separated substrings: only the rows whose name has one")
     ap.add_argument("--alpha", type=float, default=0.05)
     args = ap.parse_args()
-    rng = np.random.default_rng(2023)
-    n = args.studies
+    wanted = [w.strip() for w in args.rows.split(";") if w.strip()]
+    names = [n for n in ROWS if not wanted or any(w in n for w in wanted)]
     print(
-        f"{n} simulated studies per row, looks at {LOOKS} seeds per arm, per-seed SD {args.sd} pp, alpha {args.alpha}"
+        f"{args.studies} simulated studies per row, looks at 3, 5, ..., 19, 20 seeds per arm (seeds [0, 1, 2], "
+        f"step 2, max_seeds {CAP}), per-seed SD {SD} pp unless the row says, alpha {args.alpha}; each through "
+        "ablations.report.build_report",
+        flush=True,
     )
-    a, m = args.alpha, 1.0
-    widths = []
-    for k in (3, 7, 20):  # interval width over Student's at the same n (the same for any data: both scale with s)
-        d = np.arange(k, dtype=float)
-        student = 2 * sps.t.ppf(1 - a / 2, k - 1) * d.std(ddof=1) / math.sqrt(k)
-        planned, anytime_ = (stats.sequential_from_values(d, a, plan=p) for p in (PLAN, None))
-        widths.append(
-            f"{k} seeds planned {(planned.ci_high - planned.ci_low) / student:.2f}x, "
-            f"anytime-valid {(anytime_.ci_high - anytime_.ci_low) / student:.2f}x"
-        )
-    print(f"Pocock's level of the plan at {0.9 * a:g}: {stats.planned_level(LOOKS, 0.9 * a):.4f}")
-    print("width over Student's t interval at " + "; ".join(widths))
-    rules = (
-        ("a. anytime-valid t-CS    ", lambda d, f: sequential(d, a, m)),
-        ("b. naive fixed-n t       ", lambda d, f: naive(d, a)),
-        ("c. planned: RCI + t-CS   ", lambda d, f: sequential(d, a, m, PLAN)),
-        ("d. planned, 1 seed failed", lambda d, f: sequential(d, a, m, PLAN, failed=f)),
-        ("e. planned, extended to 40", lambda d, f: sequential(d, a, m, PLAN, EXTENDED)),
-        ("f. anytime, skewed values", lambda d, f: sequential(d, a, m)),
-        ("g. planned, skewed values", lambda d, f: sequential(d, a, m, PLAN)),
-        ("h. one t test at 7, skewed", lambda d, f: fixed(d, a)),
-    )
-    sigma = 0.3  # lognormal shape: skewness (e^s2 + 2) sqrt(e^s2 - 1) = 0.95
-    mean, sd = math.exp(sigma**2 / 2), math.sqrt((math.exp(sigma**2) - 1) * math.exp(sigma**2))
-    skewed = (rng.lognormal(0.0, sigma, (n, EXTENDED[-1])) - mean) / sd * args.sd
-    for effect in (0.0, 0.7, 2.0, 3.0):
-        data = rng.normal(effect, args.sd, (n, EXTENDED[-1]))
-        fails = rng.integers(0, LOOKS[-1], n)
-        for name, rule in rules:
-            if effect != 0 and name[0] in "defgh":
-                continue  # the robustness rows are about the error rate
-            values = skewed if name[0] in "fgh" else data
-            out = [rule(d, f) for d, f in zip(values, fails, strict=True)]
-            false = sum(v in ("better", "worse") for v, *_ in out) / n if effect == 0 else math.nan
-            decided = sum(v != "no detectable difference" for v, *_ in out) / n
-            cover = sum(lo <= effect <= hi for _, lo, hi, _ in out) / n
-            seeds = np.mean([k for *_, k in out])
-            se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / n)  # noqa: E731
-            fp = f"false better/worse {false:.4f} ± {se(false):.4f}, " if effect == 0 else ""
-            print(
-                f"effect {effect:3.1f} pp  {name}: {fp}coverage at the stop {cover:.4f} ± {se(cover):.4f}, "
-                f"decided {decided:.3f}, mean seeds per arm at the stop {seeds:.1f}"
-            )
+    started = time.monotonic()
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(args.workers) as pool:
+        for name in names:
+            spec = ROWS[name]
+            rng = np.random.default_rng([2023, list(ROWS).index(name)])
+            seeds = spec.get("extend", CAP)
+            d, base, diverged = draw(spec, rng, args.studies, seeds)
+            chunks = np.array_split(np.arange(args.studies), max(args.workers * 4, 1))
+            parts = pool.map(judge, [(name, d[c], base[c], diverged[c]) for c in chunks if len(c)])
+            res = [x for part in parts for x in part]
+            print(summarize(name, spec, res, d, args.alpha), flush=True)
+    print(f"{time.monotonic() - started:.0f} s", flush=True)
     return 0
 
 
