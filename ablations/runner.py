@@ -113,6 +113,8 @@ class _Progress(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.val = f" val_acc {100 * metrics['val_acc']:.1f}%"
+        if not self.bar.disable:  # drawn once per epoch, so a run shorter than tqdm's interval still shows it
+            self.bar.set_postfix_str(f"epoch {epoch}/{self.epochs} done{self.val}", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
