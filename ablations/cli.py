@@ -504,7 +504,15 @@ def _worker_args(
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="DIR",
-    help="Write the figures (effects, learning curves, per-class) to DIR and log them to the parent run.",
+    help="Write the figures (effects, learning curves, per-class, effect by epoch) to DIR and log them to the "
+    "parent run.",
+)
+@click.option(
+    "--by-epoch",
+    is_flag=True,
+    help="Add each comparison's difference in the per-epoch metric (val_acc for test_acc) after every epoch, "
+    "with pointwise 95%% t intervals (descriptive: the verdicts stay the final metric's). JSON and HTML "
+    "always carry it.",
 )
 @tracking_option
 def report(
@@ -515,6 +523,7 @@ def report(
     alpha: float | None,
     effect: float | None,
     plots: Path | None,
+    by_epoch: bool,
     tracking_uri: str | None,
 ) -> None:
     """The report of STUDY (its name, or its file): arms, effects with CIs, verdicts, claims.
@@ -539,7 +548,9 @@ def report(
             for path in search_plots(search, plots) if plots else []:
                 click.echo(f"wrote {path}")
         return
-    _print_report(study, tracking_uri, profile, fmt, output, alpha, effect=effect, plots=plots, spec=spec)
+    _print_report(
+        study, tracking_uri, profile, fmt, output, alpha, effect=effect, plots=plots, spec=spec, by_epoch=by_epoch
+    )
 
 
 def _emit(output: Path | None, text, write) -> None:
@@ -615,17 +626,23 @@ def _print_report(
     effect: float | None = None,
     plots: Path | None = None,
     spec=None,
+    by_epoch: bool = False,
 ):
-    """Print (or write to ``output``) the report of study ``name``; return it (an ``ablations.report.Report``)."""
+    """Print (or write to ``output``) the report of study ``name``; return it (an ``ablations.report.Report``).
+
+    ``by_epoch`` (and the ``json`` and ``html`` formats) add the effect by epoch (``ablations.report.effect_by_epoch``).
+    """
     from ablations.rendering import render, write_plots, write_report
-    from ablations.report import ReportError, build_report, load_runs
+    from ablations.report import ReportError, build_report, effect_by_epoch, load_runs
 
     try:
         runs = load_runs(name, tracking_uri, profile)
         if spec is not None:  # the study file's current claims, baseline and alpha
-            runs.claims = [c.model_dump() for c in spec.claims]
+            runs.claims = spec.claim_records()
             runs.baseline, runs.alpha = dict(spec.baseline), spec.alpha
         rep = build_report(runs, alpha, effect)
+        if by_epoch or fmt in ("json", "html"):
+            rep.by_epoch = effect_by_epoch(rep)
     except ReportError as exc:
         raise click.ClickException(str(exc)) from None
     with _writing():

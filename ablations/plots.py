@@ -13,6 +13,7 @@ __all__ = [
     "CLASS_PREFIX",
     "arm_colours",
     "arm_learning_curves",
+    "effect_by_epoch_plot",
     "effect_plot",
     "learning_curves",
     "per_class_columns",
@@ -264,4 +265,47 @@ def looks_plot(looks: list[dict], unit: str = "", margin: float | None = None, t
     axes[-1].set_xlabel("seeds per arm (look)")
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def effect_by_epoch_plot(by_epoch: dict, title: str = "") -> Figure:
+    """Each comparison's paired difference after every epoch with its pointwise interval.
+
+    Args:
+        by_epoch: :func:`ablations.report.effect_by_epoch`'s dict: ``metric``, ``final_metric``,
+            ``level``, ``unit`` (``pp`` for accuracies) and ``rows`` (``comparison``, ``epoch``,
+            ``estimate``, ``ci_low``, ``ci_high``, in the report's difference unit).
+        title: figure title.
+
+    Returns:
+        A Figure: one line per comparison with a band for its interval (no band where it cannot be
+        computed), 0 marked, and a caption saying the intervals are pointwise and descriptive and the
+        verdict is the final metric's.
+
+    Raises:
+        ValueError: no rows to plot.
+    """
+    rows = by_epoch["rows"]
+    if rows.empty:
+        raise ValueError("no per-epoch differences to plot")
+    names = list(dict.fromkeys(rows["comparison"]))
+    colours = arm_colours(names)
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for name in names:
+        r = rows[rows["comparison"] == name].sort_values("epoch")
+        ax.plot(r["epoch"], r["estimate"], "-o", ms=3, color=colours[name], label=name)
+        ok = r["ci_low"].notna()
+        ax.fill_between(r["epoch"][ok], r["ci_low"][ok], r["ci_high"][ok], color=colours[name], alpha=0.15, lw=0)
+    ax.axhline(0, color="grey", lw=1)
+    unit = f" ({by_epoch['unit']})" if by_epoch.get("unit") else ""
+    ax.set(xlabel="epoch", ylabel=f"difference in {by_epoch['metric']}{unit}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    caption = (
+        f"band: pointwise {by_epoch['level']:.0%} t interval at each epoch, descriptive; "
+        f"the verdict is the final {by_epoch['final_metric']}'s"
+    )
+    fig.suptitle((f"{title}\n" if title else "") + caption, fontsize=9)
     return fig

@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablations.report import POWER, Report, _du, _scale, load_histories
+from ablations.report import (
+    CURVE_METRICS,
+    POWER,
+    Report,
+    _du,
+    _scale,
+    effect_by_epoch,
+    epoch_metric,
+    load_histories,
+)
 from ablations.stats import PLAN_RESERVE
 from ablations.tracking import Tracker
 
@@ -107,9 +116,13 @@ def _display(r: Report, md: bool = False, term: bool = False) -> dict[str, pd.Da
         }
     )
     c = r.claims
+    tests = c["tests"] if "tests" in c else pd.Series([None] * len(c), dtype=object)
     claims = pd.DataFrame(
         {
-            "claim": c["claim"],
+            "claim": [
+                f"{text}{sep}(this study tests: {t})" if isinstance(t, str) and t else text
+                for text, t in zip(c["claim"], tests, strict=True)
+            ],
             "source": c["source"],
             "claimed": [
                 f"{_code(t, md)}{sep}vs {_code(k, md)}{sep if term else ': '}"
@@ -124,10 +137,44 @@ def _display(r: Report, md: bool = False, term: bool = False) -> dict[str, pd.Da
                 f"{_f(x, 2, True)}{sep}{_iv(lo, hi, True)}" if x == x else "-"
                 for x, lo, hi in zip(c["estimate"], c["ci_low"], c["ci_high"], strict=True)
             ],
-            "verdict": c["verdict"],
+            "verdict": c["statement"] if "statement" in c else c["verdict"],
         }
     )
     return {"arms": arms, "effects": effects, "verdicts": verdicts, "claims": claims}
+
+
+def _by_epoch_display(r: Report) -> pd.DataFrame:
+    """The effect-by-epoch rows as strings: comparison (named on its first row), epoch, n, difference [CI]."""
+    b = r.by_epoch
+    du = f" ({b['unit']})" if b.get("unit") else ""
+    rows = b["rows"]
+    shown = []
+    last = None
+    for row in rows.itertuples():
+        shown.append(
+            {
+                "comparison": row.comparison if row.comparison != last else "",
+                "epoch": str(int(row.epoch)),
+                "n": str(int(row.n)) if row.n == row.n else "-",
+                f"{b['metric']} difference{du} [{b['level']:.0%} CI, pointwise]": (
+                    f"{_f(row.estimate, 2, True)} {_iv(row.ci_low, row.ci_high, True)}"
+                    if row.estimate == row.estimate
+                    else "-"
+                ),
+            }
+        )
+        last = row.comparison
+    return pd.DataFrame(shown)
+
+
+def _by_epoch_lines(r: Report) -> list[str]:
+    """The effect-by-epoch heading sentence and its notes (pointwise, descriptive, the schedule)."""
+    b = r.by_epoch
+    return [
+        f"effect by epoch: each comparison's difference in {b['metric']} after every epoch "
+        f"(the final {b['final_metric']} decides the verdicts)",
+        *(f"note: {n}" for n in b["notes"]),
+    ]
 
 
 def _head(r: Report) -> list[str]:
@@ -415,7 +462,19 @@ def write_report(r: Report, fmt: str, path: Path) -> list[Path]:
 
 
 def _raw_tables(r: Report) -> dict[str, pd.DataFrame]:
-    return {"arms": r.arms, "effects": r.effects, "claims": r.claims}
+    out = {"arms": r.arms, "effects": r.effects, "claims": _flat_claims(r.claims)}
+    if r.by_epoch is not None:
+        out["by_epoch"] = r.by_epoch["rows"]
+    return out
+
+
+def _flat_claims(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claim table for CSV: each budget as its words (``measured_budget``, ``claimed_budget``)."""
+    if claims.empty or "measured_budget" not in claims:
+        return claims
+    keys = ("measured_budget", "claimed_budget")
+    words = {k: [b.get("text") if isinstance(b, dict) else b for b in claims[k]] for k in keys}
+    return claims.assign(**words)
 
 
 def _clean(x):
@@ -460,6 +519,11 @@ def to_json(r: Report) -> dict:
                 "effect_size": "Cohen's d_z (paired) or Cohen's d (pooled SD)",
                 "seeds_needed": "two-sided t test, 80% power, alpha / number of comparisons (noncentral t, scipy)",
                 "claims": "interval at 1 - alpha, no multiplicity correction",
+                "claim_budget": "measured_budget: what the runs trained at; claimed_budget: what the claim is "
+                "about (its budget: key); budget_same: whether they agree on train.epochs, data.train_subset and "
+                "data.val_fraction; statement: the verdict with both",
+                "by_epoch": "pointwise t interval of the paired difference of the per-epoch metric at each epoch "
+                "(descriptive; no correction for epochs or comparisons; the verdicts are the final metric's)",
             },
             "runs": sr.runs.reindex(columns=["arm", "seed", "run_id", sr.metric]).to_dict("records"),
             "outliers": r.outliers.to_dict("records"),
@@ -469,8 +533,16 @@ def to_json(r: Report) -> dict:
             "claims": r.claims.to_dict("records"),
             "sequential": r.sequential,
             "exploratory": r.exploratory,
+            "by_epoch": _by_epoch_json(r),
         }
     )
+
+
+def _by_epoch_json(r: Report) -> dict | None:
+    """``Report.by_epoch`` with its rows as records, or None when it was not computed."""
+    if r.by_epoch is None:
+        return None
+    return {**{k: v for k, v in r.by_epoch.items() if k != "rows"}, "rows": r.by_epoch["rows"].to_dict("records")}
 
 
 def _terminal(r: Report) -> str:
@@ -521,7 +593,11 @@ def _terminal(r: Report) -> str:
             ]
         else:
             out += ["", f"claims (interval at {1 - r.alpha:.0%}, not corrected for multiplicity)"]
-        out += [table(d["claims"], "simple_grid", [20, 10, 18, 15, 19])]
+        out += [table(d["claims"], "simple_grid", [22, 9, 16, 15, 22])]
+    if r.by_epoch is not None:
+        out += [""] + [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _by_epoch_lines(r)]
+        if not r.by_epoch["rows"].empty:
+            out += [table(_by_epoch_display(r), widths=[40, None, None, None])]
     return "\n".join(out) + "\n"
 
 
@@ -544,6 +620,11 @@ def _markdown(r: Report) -> str:
         parts += _precision_lines(r)
     if not r.claims.empty:
         parts += ["### Claims", d["claims"].to_markdown(index=False)]
+    if r.by_epoch is not None:
+        lines = _by_epoch_lines(r)
+        parts += ["### Effect by epoch", *lines]
+        if not r.by_epoch["rows"].empty:
+            parts.append(_by_epoch_display(r).to_markdown(index=False))
     return "\n\n".join(parts) + "\n"
 
 
@@ -553,7 +634,16 @@ def _latex(r: Report) -> str:
     texts = [*_check_lines(r), _methods(r)] if not r.effects.empty else _precision_lines(r)
     parts += ["% " + line for text in texts for line in textwrap.wrap(text, WIDTH)]
     eff = d["effects"].merge(d["verdicts"], on="effect") if not r.effects.empty else None
-    for name, df in (("arms", d["arms"]), ("effects", eff), ("claims", d["claims"] if not r.claims.empty else None)):
+    by_epoch = None
+    if r.by_epoch is not None:
+        parts += ["% " + line for text in _by_epoch_lines(r) for line in textwrap.wrap(text, WIDTH)]
+        by_epoch = _by_epoch_display(r) if not r.by_epoch["rows"].empty else None
+    for name, df in (
+        ("arms", d["arms"]),
+        ("effects", eff),
+        ("claims", d["claims"] if not r.claims.empty else None),
+        ("by_epoch", by_epoch),
+    ):
         if df is None:
             continue
         parts.append(df.to_latex(index=False, escape=True, caption=f"{r.runs.study}: {name}", label=f"tab:{name}"))
@@ -576,7 +666,11 @@ def _html(r: Report) -> str:
         body += ["<h2>Claims</h2>", d["claims"].to_html(index=False)]
     if r.sequential is not None and r.sequential.get("looks"):
         body += ["<h2>Looks</h2>", _looks_table(r).to_html(index=False)]
-    figures = _embedded_figures(r)
+    figures = _embedded_figures(r)  # computes the effect by epoch when the store is there
+    if r.by_epoch is not None:
+        body += ["<h2>Effect by epoch</h2>", *(f"<p>{html.escape(line)}</p>" for line in _by_epoch_lines(r))]
+        if not r.by_epoch["rows"].empty:
+            body.append(_by_epoch_display(r).to_html(index=False))
     if figures:
         body += ["<h2>Figures</h2>", *figures]
     style = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{padding:2px 8px;border:1px solid #ccc}"
@@ -613,7 +707,8 @@ def _embedded_figures(r: Report) -> list[str]:
 
 def figures_of(r: Report, histories: bool = True) -> dict:
     """The report's figures by name: ``effects``, ``learning_curves`` (needs the MLflow store),
-    ``per_class`` (when the runs log per-class accuracy) and, for a sequential study, ``looks``.
+    ``per_class`` (when the runs log per-class accuracy), for a sequential study ``looks``, and
+    ``effect_by_epoch`` (needs the store; computes ``r.by_epoch`` when it is not yet).
 
     Args:
         r: the report.
@@ -635,6 +730,11 @@ def figures_of(r: Report, histories: bool = True) -> dict:
     if r.sequential is not None and r.sequential.get("looks"):
         margin = r.sequential.get("equivalence_margin")
         figures["looks"] = plots.looks_plot(r.sequential["looks"], r.diff_unit, margin, f"{r.runs.study}: looks")
+    if r.by_epoch is None and histories and r.runs.tracking_uri:
+        metric = epoch_metric(r.runs.metric)
+        r.by_epoch = effect_by_epoch(r, hist if metric in CURVE_METRICS else None)
+    if r.by_epoch is not None and not r.by_epoch["rows"].empty:
+        figures["effect_by_epoch"] = plots.effect_by_epoch_plot(r.by_epoch, title)
     return figures
 
 
@@ -644,8 +744,10 @@ def write_plots(r: Report, folder: Path, log: bool = True) -> list[Path]:
     Figures: ``effects.png`` (arm means with 95% CIs, differences to the
     baseline), ``learning_curves.png`` (mean over seeds with a band, from the
     runs' metric histories), when the runs log ``test_acc_class_<class>``,
-    ``per_class.png``, and for a sequential study ``looks.png`` (the interval
-    of each deciding comparison narrowing look by look). Logged under
+    ``per_class.png``, for a sequential study ``looks.png`` (the interval
+    of each deciding comparison narrowing look by look), and
+    ``effect_by_epoch.png`` (each comparison's difference in the per-epoch
+    metric after every epoch, pointwise intervals). Logged under
     ``report/`` of the parent run.
 
     Args:

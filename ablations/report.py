@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ablations import stats
+from ablations import claim_budget, stats
 from ablations.factors import level_label
 from ablations.stats import MIN_SEEDS, Contrast
 from ablations.tracking import PRECISION_TAG, TAG, StoreNotFoundError, Tracker
@@ -52,6 +52,8 @@ __all__ = [
     "StudyRuns",
     "arm_table",
     "build_report",
+    "effect_by_epoch",
+    "epoch_metric",
     "load_histories",
     "load_runs",
 ]
@@ -97,6 +99,10 @@ class StudyRuns:
             ``fp16``; ``None`` for a run made before ablate recorded it).
         config_hashes: ``(arm, seed)`` -> the run's config hash (tag ``ablate.config_hash``): two arms with
             equal hashes at every seed are one configuration under two labels.
+        budget_values: the budget settings the runs trained at, defaults filled in
+            (``ablations.claim_budget.resolve`` of the parent run's overrides); empty when unknown.
+        schedules: arm -> the learning-rate schedules its runs used (``schedule.name``, with
+            ``+warmup`` when ``schedule.warmup_epochs`` > 0), from the child runs' params.
     """
 
     study: str
@@ -116,6 +122,8 @@ class StudyRuns:
     sequential: dict | None = None
     precisions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PRECISION_COLUMNS))
     config_hashes: dict = field(default_factory=dict)
+    budget_values: dict = field(default_factory=dict)
+    schedules: dict = field(default_factory=dict)
 
     def restricted(self, seeds: list[int]) -> StudyRuns:
         """The same study with only the runs (and failures) of ``seeds``: what one look saw."""
@@ -171,9 +179,10 @@ def load_runs(
     pid = parent.info.run_id
     ptags = parent.data.tags
     factors = json.loads(ptags[f"{TAG}factors"])
-    rows, precisions, hashes = [], [], {}
+    rows, precisions, hashes, schedules = [], [], {}, {}
     for run in tracker.children(pid):
         tags = run.data.tags
+        schedules.setdefault(tags[f"{TAG}arm"], set()).add(_schedule_of(run.data.params))
         row = {"arm": tags[f"{TAG}arm"], "seed": int(tags[f"{TAG}seed"]), "run_id": run.info.run_id}
         precisions.append({**row, "precision": tags.get(PRECISION_TAG)})
         hashes[(row["arm"], row["seed"])] = tags.get(f"{TAG}config_hash")
@@ -228,7 +237,18 @@ def load_runs(
         sequential=sequential,
         precisions=pd.DataFrame(precisions, columns=PRECISION_COLUMNS),
         config_hashes=hashes,
+        budget_values=claim_budget.resolve(overrides) if config else {},
+        schedules={arm: sorted(x for x in s if x is not None) for arm, s in schedules.items()},
     )
+
+
+def _schedule_of(params: dict[str, str]) -> str | None:
+    """A run's learning-rate schedule from its params: ``none``, ``step``, ``cosine+warmup``, ... (None: not logged)."""
+    name = params.get("schedule.name")
+    if name is None:  # not logged (runs made by hand, or before the schedule was a config key)
+        return None
+    warm = params.get("schedule.warmup_epochs", "0")
+    return f"{name}+warmup" if warm not in ("0", "0.0", "") else name
 
 
 DIVERGED = "diverged"  # a run whose training diverged: an outcome of its arm
@@ -282,6 +302,177 @@ def load_histories(sr: StudyRuns, keys: tuple[str, ...] = CURVE_METRICS) -> pd.D
     return pd.DataFrame(rows, columns=["arm", "seed", "epoch", "metric", "value"])
 
 
+# --------------------------------------------------------------------------------------------- by epoch
+
+BY_EPOCH_COLUMNS = ["kind", "comparison", "vs", "epoch", "n", "estimate", "ci_low", "ci_high", "test"]
+
+
+def epoch_metric(metric: str) -> str:
+    """The per-epoch form of a study metric, as every run logs it after each epoch (MLflow step = epoch).
+
+    ``val_acc``, ``val_loss``, ``train_acc`` and ``train_loss`` are their own; a test metric's form is the
+    validation one (``test_acc`` -> ``val_acc``, ``test_loss`` -> ``val_loss``); any other accuracy
+    (``test_top3``, ``train_test_acc_gap``) takes ``val_acc``, anything else ``val_loss``.
+    """
+    if metric in CURVE_METRICS:
+        return metric
+    if metric.startswith("test_") and f"val_{metric.removeprefix('test_')}" in CURVE_METRICS:
+        return f"val_{metric.removeprefix('test_')}"
+    return "val_acc" if _is_accuracy(metric) else "val_loss"
+
+
+def effect_by_epoch(r: Report, history: pd.DataFrame | None = None, level: float = 0.95) -> dict:
+    """Each comparison's paired difference of the per-epoch metric after every epoch, with its interval.
+
+    For every comparison of the report (each arm against the baseline, main effects and interactions,
+    and each claim on the study metric, weights as in :func:`build_report`) and every epoch ``e``, the
+    contrast of the runs' :func:`epoch_metric` logged after epoch ``e`` (``val_acc`` for ``test_acc``),
+    paired by seed where the arms share two or more seeds at that epoch (``stats.contrast``: the
+    one-sample t interval of the per-seed contrasts, ``scipy.stats.ttest_1samp``; Welch t otherwise).
+    The runs are the report's (for a sequential study, those of the look its tables come from); runs
+    that diverged have no finished history and are left out.
+
+    The intervals are pointwise: each holds for its epoch alone, with no correction for the number of
+    epochs or comparisons and no sequential guarantee, so they describe how the effect developed and
+    decide nothing; the verdicts stay those of the final study metric. With a constant learning rate
+    the value after epoch ``e`` is what a run of ``e`` epochs with the same seed reaches at its last
+    epoch; with a schedule (or warmup) it is not, since the schedule is laid out over the whole run.
+
+    Args:
+        r: the report (:func:`build_report`); its runs need ``tracking_uri`` unless ``history`` is given.
+        history: the per-epoch history (:func:`load_histories` columns); default: read from MLflow.
+        level: confidence level of the pointwise intervals, in (0, 1).
+
+    Returns:
+        A JSON-ready dict (but ``rows``): ``metric`` (the per-epoch metric), ``final_metric``,
+        ``level``, ``unit`` (of the differences: ``pp`` for accuracies), ``pointwise`` and
+        ``descriptive`` (True), ``constant_lr`` (True, False, or None when the runs did not record their
+        schedule), ``schedules`` (arm -> schedules), ``notes`` (the sentences every format prints) and
+        ``rows``: a DataFrame with :data:`BY_EPOCH_COLUMNS` (``estimate``, ``ci_low``, ``ci_high`` in the
+        report's difference unit; ``n`` seeds paired, or the smaller arm's count when unpaired).
+
+    Raises:
+        ValueError: ``level`` outside (0, 1).
+    """
+    import warnings
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    sr = r.runs
+    metric = epoch_metric(sr.metric)
+    scale = _scale(metric)
+    if history is None:
+        history = load_histories(sr, (metric,)) if sr.tracking_uri and not sr.runs.empty else pd.DataFrame()
+    h = history[history["metric"] == metric] if not history.empty else history
+    arms = _arms(sr.factors)
+    base_levels = {f: sr.baseline.get(f, levels[0]) for f, levels in sr.factors.items()}
+    base_arm = " ".join(f"{f}={lv}" for f, lv in base_levels.items())
+    specs = [(k, label, vs, w) for k, label, vs, w in _comparisons(sr, arms, base_levels, base_arm)]
+    for i, c in enumerate(sr.claims, 1):
+        if (c.get("metric") or sr.metric) == sr.metric:
+            treat, control = _labels(c["treatment"]), _labels(c["control"])
+            label = f"claim {i}: {_arm_label(treat)} vs {_arm_label(control)}"
+            specs.append(("claim", label, _arm_label(control), _weights(arms, treat, control)))
+    rows = []
+    epochs: list[int] = []
+    if not h.empty:
+        table = h.assign(value=h["value"].astype(float) * scale).drop_duplicates(["arm", "seed", "epoch"], keep="last")
+        epochs = sorted(int(e) for e in table["epoch"].unique())
+        per_epoch = {
+            int(e): {
+                arm: pd.Series(ga["value"].to_numpy(), index=pd.Index(ga["seed"].to_numpy(), name="seed"))
+                for arm, ga in g.groupby("arm")
+            }
+            for e, g in table.groupby("epoch")
+        }
+        for kind, label, vs, w in specs:  # one comparison after another, each epoch by epoch
+            for e in epochs:
+                series = per_epoch[e]
+                if not w or not all(a in series for a in w):
+                    continue
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.simplefilter("ignore")  # two seeds, no spread: scipy warns, the row says "-"
+                    c = stats.contrast(series, w, level)
+                rows.append(
+                    {
+                        "kind": kind,
+                        "comparison": label,
+                        "vs": vs,
+                        "epoch": e,
+                        "n": c.n,
+                        "estimate": c.estimate,
+                        "ci_low": c.ci_low,
+                        "ci_high": c.ci_high,
+                        "test": c.test,
+                    }
+                )
+    df = pd.DataFrame(rows, columns=BY_EPOCH_COLUMNS)
+    schedules = {arm: list(v) for arm, v in sr.schedules.items() if arm in set(sr.runs.get("arm", []))}
+    kinds = sorted({x for v in schedules.values() for x in v})
+    constant = None if not kinds else kinds == ["none"]
+    return {
+        "metric": metric,
+        "final_metric": sr.metric,
+        "level": level,
+        "unit": "pp" if scale == 100.0 else "",
+        "pointwise": True,
+        "descriptive": True,
+        "constant_lr": constant,
+        "schedules": schedules,
+        "notes": _by_epoch_notes(sr, metric, level, df, epochs, constant, kinds),
+        "rows": df,
+    }
+
+
+def _by_epoch_notes(
+    sr: StudyRuns, metric: str, level: float, df: pd.DataFrame, epochs: list[int], constant, kinds: list[str]
+) -> list[str]:
+    """What the by-epoch numbers are and are not, in sentences every format prints."""
+    if df.empty:
+        return [
+            f"no effect by epoch: the runs logged no per-epoch {metric} (MLflow metric history), or no "
+            "comparison has runs in both arms"
+        ]
+    comparisons = df["comparison"].nunique()
+    notes = [
+        f"pointwise {level:.0%} t intervals of the paired difference (by seed) in {metric} after each epoch, "
+        f"each valid for its epoch alone: not corrected for the {len(epochs)} epoch(s) or {comparisons} "
+        f"comparison(s) and not sequential, so they are descriptive; the verdicts are those of the final "
+        f"{sr.metric}, not of any epoch here",
+    ]
+    if metric != sr.metric:
+        notes.append(
+            f"{metric} is measured after every epoch on the validation split held out of training; "
+            f"{sr.metric} once, on the test set, with the weights each run kept"
+        )
+    if constant:
+        notes.append(
+            f"constant learning rate (schedule.name none): the {metric} after epoch e is what a run of e epochs "
+            "with the same seed reaches at its last epoch (such a run may keep an earlier epoch's weights)"
+        )
+    elif constant is False:
+        notes.append(
+            f"learning-rate schedule ({', '.join(kinds)}): the {metric} after epoch e is not what a run of e "
+            "epochs gives, because the schedule is laid out over the whole run (a shorter run decays its rate "
+            "sooner)"
+        )
+    else:
+        notes.append(
+            "the runs did not record their learning-rate schedule: with a schedule, the value after epoch e "
+            "is not what a run of e epochs gives"
+        )
+    per_epoch = df.groupby("epoch")["n"].max()
+    if len(per_epoch) > 1 and per_epoch.iloc[-1] < per_epoch.iloc[0]:
+        fewer = int(per_epoch[per_epoch < per_epoch.iloc[0]].index.min())
+        notes.append(
+            f"fewer seeds from epoch {fewer} on: runs that stopped early (train.early_stopping) or trained "
+            "fewer epochs have no value there"
+        )
+    if not sr.failures.empty and (sr.failures["kind"] == DIVERGED).any():
+        notes.append("runs whose training diverged are left out here (the final verdicts count them)")
+    return notes
+
+
 # --------------------------------------------------------------------------------------------- the tables
 
 
@@ -310,6 +501,8 @@ class Report:
         exploratory: for a sequential study reported with an alpha or claims other than its recorded
             analysis plan, the deciding comparisons at the same look with those (``alpha``, ``changed``:
             ``key``, ``recorded``, ``asked``; ``seeds``, ``comparisons``); not error-controlled. Else None.
+        by_epoch: the effect of every comparison after each epoch (:func:`effect_by_epoch`), once
+            computed (``ablate report --by-epoch``, JSON, HTML, the figures); else None.
     """
 
     runs: StudyRuns
@@ -325,6 +518,7 @@ class Report:
     outliers: pd.DataFrame = field(default_factory=pd.DataFrame)
     mixed_precision: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=MIX_COLUMNS))
     exploratory: dict | None = None
+    by_epoch: dict | None = None
 
     @property
     def diff_unit(self) -> str:
@@ -578,6 +772,7 @@ def analysis_plan(
         "claims": [
             {
                 **{k: c.get(k) for k in ("source", "text")},
+                **{k: c[k] for k in ("tests", "budget", "claimed_budget") if c.get(k) is not None},
                 "treatment": _labels(c["treatment"]),
                 "control": _labels(c["control"]),
                 "metric": c.get("metric"),
@@ -796,6 +991,29 @@ def _deciding(r: Report) -> pd.DataFrame:
     return r.effects[r.effects["kind"] == "arm"]
 
 
+def _comparisons(sr: StudyRuns, arms, base_levels: dict[str, str], base_arm: str) -> list[tuple[str, str, str, dict]]:
+    """Every comparison of the study's family, as ``(kind, label, vs, weights)``: each arm against the
+    baseline arm, and with two or more factors each level's main effect and each pair's interaction."""
+    specs: list[tuple[str, str, str, dict[str, float]]] = []
+    for arm, _ in arms:
+        if arm != base_arm:
+            specs.append(("arm", arm, base_arm, _weights(arms, dict(_levels(arms, arm)), base_levels)))
+    names = list(sr.factors)
+    if len(names) >= 2:
+        for f in names:
+            for lv in sr.factors[f]:
+                if lv != base_levels[f]:
+                    specs.append(
+                        ("main", f"{f}={lv}", f"{f}={base_levels[f]}", _weights(arms, {f: lv}, {f: base_levels[f]}))
+                    )
+        for f, g in itertools.combinations(names, 2):
+            for lf in (x for x in sr.factors[f] if x != base_levels[f]):
+                for lg in (x for x in sr.factors[g] if x != base_levels[g]):
+                    w = _interaction_weights(arms, f, lf, base_levels[f], g, lg, base_levels[g])
+                    specs.append(("interaction", f"{f}={lf} x {g}={lg}", "additive", w))
+    return specs
+
+
 def _build(
     sr: StudyRuns,
     alpha: float,
@@ -828,24 +1046,7 @@ def _build(
         if (c.get("metric") or sr.metric) == sr.metric
     ]
 
-    # every comparison of the family: arms vs baseline, main effects, interactions
-    specs: list[tuple[str, str, str, dict[str, float]]] = []
-    for arm, _ in arms:
-        if arm != base_arm:
-            specs.append(("arm", arm, base_arm, _weights(arms, dict(_levels(arms, arm)), base_levels)))
-    names = list(sr.factors)
-    if len(names) >= 2:
-        for f in names:
-            for lv in sr.factors[f]:
-                if lv != base_levels[f]:
-                    specs.append(
-                        ("main", f"{f}={lv}", f"{f}={base_levels[f]}", _weights(arms, {f: lv}, {f: base_levels[f]}))
-                    )
-        for f, g in itertools.combinations(names, 2):
-            for lf in (x for x in sr.factors[f] if x != base_levels[f]):
-                for lg in (x for x in sr.factors[g] if x != base_levels[g]):
-                    w = _interaction_weights(arms, f, lf, base_levels[f], g, lg, base_levels[g])
-                    specs.append(("interaction", f"{f}={lf} x {g}={lg}", "additive", w))
+    specs = _comparisons(sr, arms, base_levels, base_arm)
 
     contrasts: list[Contrast | None] = []
     testable = [all(a in series for a in w) for _, _, _, w in specs]
@@ -1118,6 +1319,7 @@ def _claims_table(
 ) -> pd.DataFrame:
     rows = []
     level = 1 - alpha
+    measured = measured_budget(sr) if sr.claims else {}
     if sequential:  # the claims decide a sequential study: they share alpha (Bonferroni)
         level = 1 - alpha / max(len(sr.claims), 1)
     for i, claim in enumerate(sr.claims):
@@ -1134,9 +1336,14 @@ def _claims_table(
             "control": _arm_label(control),
             "direction": claim["direction"],
             "min_effect": claim.get("min_effect"),
+            "tests": claim.get("tests"),
+            "measured_budget": measured,
+            "claimed_budget": _claimed_budget(claim),
         }
+        row["budget_same"] = _budget_same(measured, row["claimed_budget"])
         if not w or not all(a in series for a in w):
-            rows.append({**row, "verdict": "inconclusive: no runs of the treatment or control arms"})
+            v = "inconclusive: no runs of the treatment or control arms"
+            rows.append({**row, "verdict": v, "statement": _statement(v, row)})
             continue
         if sequential:
             c = stats.sequential_contrast(series, w, 1 - level, plan=plan, look=look)
@@ -1175,11 +1382,63 @@ def _claims_table(
                 "target": target,
                 "seeds_needed": need,
                 "verdict": v,
+                "statement": _statement(v, row),
             }
         )
     cols = ["claim", "source", "metric", "treatment", "control", "direction", "min_effect", "n", "estimate"]
-    cols += ["ci_low", "ci_high", "level", "test", "p", "target", "seeds_needed", "verdict"]
+    cols += ["ci_low", "ci_high", "level", "test", "p", "target", "seeds_needed", "verdict", "tests"]
+    cols += ["measured_budget", "claimed_budget", "budget_same", "statement"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def measured_budget(sr: StudyRuns) -> dict:
+    """The budget a study's runs trained at: ``profile``, ``values`` (``claim_budget.resolve``) and ``text``
+    (``profile quick (4 epochs, 8,000 images)``)."""
+    values = sr.budget_values or claim_budget.resolve(sr.budget)
+    profile = sr.profile if sr.profile not in ("base", "?") else None
+    return {"profile": profile, "values": values, "text": claim_budget.describe(values, profile)}
+
+
+def _claimed_budget(claim: dict) -> dict | None:
+    """The budget a claim is about (``profile``, ``settings``, ``values`` and ``text``), or None when it names none.
+
+    A claim read from a parent run carries it resolved (``claimed_budget``, ``Study.claim_records``); one
+    given in memory with only ``budget:`` is resolved here, settings on top of the run config's defaults
+    and a profile name by name alone (its ``values`` unknown).
+    """
+    got = claim.get("claimed_budget")
+    if got is None and claim.get("budget") is not None:
+        b = claim["budget"]
+        if isinstance(b, dict):
+            got = {"profile": None, "settings": dict(b), "values": claim_budget.resolve(b)}
+        else:
+            got = {"profile": str(b), "settings": {}, "values": None}
+    if got is None:
+        return None
+    values = got.get("values")
+    text = (
+        claim_budget.describe(values, got.get("profile"), got.get("settings"))
+        if values
+        else f"profile {got.get('profile')}"
+    )
+    return {**got, "text": text}
+
+
+def _budget_same(measured: dict, claimed: dict | None) -> bool | None:
+    """Whether the runs trained at the claim's budget (None when the claim names none)."""
+    if claimed is None:
+        return None
+    if not claimed.get("values"):  # a profile known by name only
+        return claimed.get("profile") == measured.get("profile")
+    return claim_budget.same(measured["values"], claimed["values"])
+
+
+def _statement(verdict: str, row: dict) -> str:
+    """The verdict as printed, with the budget it was measured at and the claim's (``claim_budget.note``)."""
+    claimed = row.get("claimed_budget")
+    return claim_budget.note(
+        verdict, row["measured_budget"]["text"], claimed["text"] if claimed else None, row.get("budget_same")
+    )
 
 
 def _running(c: Contrast, previous: tuple[float, float, float] | None) -> Contrast:

@@ -318,7 +318,7 @@ class _Session:
                 "metric": study.metric.model_dump(),
                 "alpha": study.alpha,
                 "baseline": study.baseline,
-                "claims": [c.model_dump() for c in study.claims],
+                "claims": study.claim_records(),
                 "sequential": None
                 if study.sequential is None
                 else {**study.sequential.model_dump(), "looks": study.looks()},
@@ -477,7 +477,7 @@ def plan_record(study: Study) -> dict:
             study.metric.name,
             study.metric.direction,
             study.baseline,
-            [c.model_dump() for c in study.claims],
+            study.claim_records(),
             seq.model_dump(),
         ),
     }

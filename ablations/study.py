@@ -94,6 +94,10 @@ class Claim(BaseModel):
     ``treatment`` and ``control`` name levels of the same factors of the study
     (factors left out are averaged over); ``min_effect`` is the claimed size in
     the report's unit (percent points for accuracies), e.g. 1.4 for "+1.4%".
+    ``budget`` names the budget the source made the claim at: a profile of the study file or a
+    mapping of settings applied on top of ``base``; ``tests`` says which part of the source's
+    comparison the study tests when the source changed several things at once. Neither enters the
+    study key.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -104,6 +108,11 @@ class Claim(BaseModel):
     metric: Literal[CLAIM_METRICS] | None = None  # type: ignore[valid-type]  # None: the study's metric
     direction: Literal["increase", "decrease"]
     min_effect: float | None = Field(default=None, gt=0)
+    # The budget the source made the claim at: a profile of this file (``full``) or settings on top of
+    # ``base`` (``{train.epochs: 60}``); the report says when its verdict was measured at another one.
+    budget: str | dict[str, Any] | None = None
+    # Which part the study tests when the source compared several changes at once (printed by the report).
+    tests: str | None = Field(default=None, min_length=1)
 
 
 class SequentialSpec(BaseModel):
@@ -222,6 +231,18 @@ class Study:
     search: SearchSpec | None = None
     sequential: SequentialSpec | None = None
     code: tuple[CodeFile, ...] = ()
+    claim_budgets: tuple[dict[str, Any] | None, ...] = ()
+
+    def claim_records(self) -> list[dict[str, Any]]:
+        """The claims as the parent run's ``config.yaml`` records them: each claim's keys and, for a claim
+        with ``budget:``, ``claimed_budget``: ``profile`` (its name, or None for settings), ``settings``
+        (as written: the profile's overrides or the mapping) and ``values`` (the budget settings they
+        resolve to, ``ablations.claim_budget.resolve``). Not part of the study key."""
+        budgets = list(self.claim_budgets) + [None] * (len(self.claims) - len(self.claim_budgets))
+        return [
+            {**c.model_dump(), **({"claimed_budget": b} if b is not None else {})}
+            for c, b in zip(self.claims, budgets, strict=False)
+        ]
 
     def looks(self) -> list[list[int]]:
         """The seeds of every arm at each look of a sequential study (one look, ``seeds``, otherwise).
@@ -456,6 +477,7 @@ def load_study(
             raise StudyError(path, f"claims[{i}]", "treatment and control must name the same factors")
         if treat == control:
             raise StudyError(path, f"claims[{i}]", "treatment and control are the same levels")
+    claim_budgets = tuple(_claim_budget(path, i, c, base, spec.profiles) for i, c in enumerate(spec.claims))
     study = Study(
         path,
         spec.name,
@@ -479,11 +501,38 @@ def load_study(
             models.add(study.cell_config(cell).model.name)
         except ConfigError as exc:
             raise StudyError(path, f"factors ({cell.arm})", str(exc)) from None
+    study = dataclasses.replace(study, claim_budgets=claim_budgets)
     if installed := _installed_code(models, code):
         study = dataclasses.replace(study, code=code + installed)
     if len(set(seeds)) != len(seeds):
         raise StudyError(path, "seeds", f"seeds must be distinct, got {seeds}")
     return study
+
+
+def _claim_budget(
+    path: Path, i: int, claim: Claim, base: dict[str, Any], profiles: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """A claim's ``budget:`` resolved (see :meth:`Study.claim_records`), or None when it names none.
+
+    Raises:
+        StudyError: a profile the file does not have, or settings that are no valid config keys.
+    """
+    from ablations.claim_budget import resolve
+
+    if claim.budget is None:
+        return None
+    where = f"claims[{i}].budget"
+    if isinstance(claim.budget, str):
+        if claim.budget not in profiles and claim.budget != "base":
+            have = ", ".join(profiles) or "none"
+            raise StudyError(path, where, f"no profile '{claim.budget}'; this file has: {have} (or settings)")
+        settings = dict(profiles.get(claim.budget, {}))
+        profile: str | None = claim.budget
+    else:
+        settings, profile = dict(claim.budget), None
+    merged = {**base, **{k: v for k, v in settings.items() if not k.startswith("search.")}}
+    _check_overrides(path, where if profile is None else f"profiles.{profile}", RunConfig(), merged)
+    return {"profile": profile, "settings": settings, "values": resolve(merged)}
 
 
 def _import_code(path: Path, imports: list[str]) -> tuple[CodeFile, ...]:

@@ -454,12 +454,13 @@ def test_plots_are_written_and_logged_to_the_parent_run(store, tmp_path):
     uri, parent = store
     r = build_report(load_runs("bn", uri))
     files = write_plots(r, tmp_path / "plots")
-    assert sorted(f.name for f in files) == ["effects.png", "learning_curves.png", "per_class.png"]
+    names = ["effect_by_epoch.png", "effects.png", "learning_curves.png", "per_class.png"]
+    assert sorted(f.name for f in files) == names
     assert all(f.stat().st_size > 1000 for f in files)
     from mlflow import MlflowClient
 
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "report")}
-    assert {"report/effects.png", "report/learning_curves.png", "report/per_class.png"} <= logged
+    assert {f"report/{n}" for n in names} <= logged
 
 
 def test_report_command(store, tmp_path):
