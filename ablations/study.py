@@ -274,7 +274,11 @@ class Study:
         pruner, but not the budget (``n_trials``, ``timeout``): raising
         ``n_trials`` continues the same search. With ``imports`` (or a model of
         an installed package) it covers the code's contents too: editing the
-        model starts a new study. A study with neither hashes as it always has.
+        model starts a new study. A model whose network has changed since studies
+        trained it (``core.models.registry.preset_revision`` > 1: ``cnn4``,
+        ``cnn_s003``) puts its revision in the hash, so runs of its earlier network
+        stay under their old key and are never pooled with new ones. A study with
+        none of these hashes as it always has.
         """
         digest = config_hash(self.config)
         parts: dict[str, Any] = {}
@@ -282,10 +286,19 @@ class Study:
             parts["search"] = self.search.identity()
         if self.code:
             parts["code"] = {c.name: c.sha256 for c in self.code}
+        if revised := self._model_revisions():
+            parts["models"] = revised
         if parts:
             text = json.dumps({"config": digest, **parts}, sort_keys=True)
             digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         return f"{self.name}:{self.profile}:{digest}"
+
+    def _model_revisions(self) -> dict[str, int]:
+        """``{model name: revision}`` of the models its cells train whose revision is above 1."""
+        from core.models.registry import preset_revision
+
+        names = {apply_overrides(self.config, c.overrides).model.name for c in self.with_seeds(self.seeds[:1]).cells()}
+        return {n: r for n in sorted(names) if (r := preset_revision(n)) > 1}
 
     def cells(self) -> list[Cell]:
         """All cells, factor levels in file order (first level = baseline), seeds innermost.

@@ -64,7 +64,7 @@ class ModelConfig(_Section):
     first_pool: bool | None = None  # max pooling in block 1 (cnn4: off; seed 000 removed it)
     widths: tuple[int, ...] | None = None  # conv channels per block (cnn4: 32, 64, 128, 256)
     bn_position: Literal["before", "after"] | None = None  # BatchNorm before or after the ReLU (seed 000: before)
-    hidden: int | None = None  # width of a hidden fully connected layer (cnn5: 512; 0: none)
+    hidden: int | tuple[int, ...] | None = None  # hidden fully connected widths (cnn5: 512; cnn4: 512, 128; 0: none)
     input_size: int | None = None  # inputs are resized to this many pixels (resnet18_imagenet: 224)
     weights: str | None = None  # pretrained weights file (torchvision's or a checkpoint of this project)
     trainable: tuple[str, ...] | None = None  # train only modules with these name prefixes; () or None: all

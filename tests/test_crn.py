@@ -30,7 +30,7 @@ def test_stream_seed_is_stable_and_distinct():
 def test_batchnorm_on_and_off_start_from_the_same_convs_and_fc():
     on = create_model(ModelConfig(name="cnn4", batchnorm=True), seed=3)
     off = create_model(ModelConfig(name="cnn4", batchnorm=False), seed=3)
-    assert off.features[0][0].bias is not None and on.features[0][0].bias is None  # the arms differ
+    assert isinstance(on.features[0][1], nn.BatchNorm2d) and isinstance(off.features[0][1], nn.ReLU)  # arms differ
     for a, b in zip(_convs(on), _convs(off), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(on.classifier[-1].weight, off.classifier[-1].weight)
@@ -48,8 +48,8 @@ def test_dropout_placement_and_bn_position_keep_the_weights():
             assert torch.equal(wa, wb), kw
             assert ba is None or bb is None or torch.equal(ba, bb), kw
     names = stable_names(create_model(ModelConfig(name="cnn4", dropout="fc")))
-    assert names["classifier.2"] == "classifier.0"  # the Linear after the dropout keeps its stable name
-    assert names["classifier.1"] == "classifier.0~SeededDropout"
+    assert names["classifier.4"] == "classifier.1"  # the Linear after the dropout keeps its stable name
+    assert names["classifier.3"] == "classifier.1~SeededDropout"
 
 
 def test_resnet18_batchnorm_toggle_keeps_the_convs_and_follows_torchvision_init():

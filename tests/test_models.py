@@ -56,16 +56,140 @@ def test_every_preset_docstring_cites_its_seed():
         assert "shared/seeds/0" in (preset.build.__doc__ or ""), name
 
 
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _shapes(model: nn.Module, kind: type) -> list[tuple[int, ...]]:
+    """The weight shapes of every ``kind`` layer, in model order."""
+    return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, kind)]
+
+
 def test_cnn4_is_seed_000():
+    """network/model.py of seed 000's repository: its CIFARClassifier, 2,553,994 parameters."""
     cfg = resolve_model_config(ModelConfig(name="cnn4"))
     assert (cfg.batchnorm, cfg.dropout, cfg.dropout_p, cfg.first_pool) == (True, "fc", 0.1, False)
-    assert (cfg.bn_position, cfg.hidden, cfg.input_size, cfg.weights, cfg.trainable) == ("before", 0, 32, None, ())
+    assert (cfg.bn_position, cfg.hidden, cfg.input_size, cfg.weights, cfg.trainable) == (
+        "before",
+        (512, 128),
+        32,
+        None,
+        (),
+    )
     model = create_model(cfg)
-    assert _count(model, nn.Conv2d) == 4 and _count(model, nn.BatchNorm2d) == 4
-    assert _count(model, nn.MaxPool2d) == 3  # blocks 2-4 only
+    assert _shapes(model, nn.Conv2d) == [(32, 3, 3, 3), (64, 32, 3, 3), (128, 64, 3, 3), (256, 128, 3, 3)]
+    assert all(c.bias is not None and c.padding == (1, 1) for c in model.modules() if isinstance(c, nn.Conv2d))
+    assert _count(model, nn.BatchNorm2d) == 4
+    pooled = [any(isinstance(m, nn.MaxPool2d) for m in block) for block in model.features]
+    assert pooled == [False, True, True, True]
     assert _count(model, nn.Dropout) == 1 and _count(model, nn.Dropout2d) == 0
-    assert _layer_types(model.classifier) == [nn.Flatten, SeededDropout, nn.Linear]
-    assert model.classifier[-1].in_features == 4096
+    assert _layer_types(model.classifier) == [
+        nn.Flatten,
+        nn.Linear,
+        nn.ReLU,
+        SeededDropout,
+        nn.Linear,
+        nn.ReLU,
+        nn.Linear,
+    ]
+    assert _shapes(model, nn.Linear) == [(512, 4096), (128, 512), (10, 128)]
+    assert model.classifier[3].p == 0.1
+    assert _params(model) == 2_553_994
+
+
+def test_cnn_s003_is_seed_003():
+    """src/model.py of seed 003's repository: its CIFAR10CNN, 3,359,370 parameters."""
+    model = create_model(ModelConfig(name="cnn_s003"))
+    assert _shapes(model, nn.Conv2d) == [
+        (32, 3, 3, 3),
+        (64, 32, 3, 3),
+        (128, 64, 3, 3),
+        (128, 128, 3, 3),
+        (256, 128, 3, 3),
+        (256, 256, 3, 3),
+    ]
+    assert all(c.bias is not None and c.padding == (1, 1) for c in model.modules() if isinstance(c, nn.Conv2d))
+    assert _count(model, nn.BatchNorm2d) == 6
+    pooled = [any(isinstance(m, nn.MaxPool2d) for m in block) for block in model.features]
+    assert pooled == [False, True, False, True, False, True]
+    drop2d = [[m.p for m in block if isinstance(m, nn.Dropout2d)] for block in model.features]
+    assert drop2d == [[], [], [], [0.15], [], [0.2]]  # after the pooling of stages 2 and 3
+    assert _layer_types(model.classifier) == [
+        nn.Flatten,
+        nn.Linear,
+        nn.ReLU,
+        SeededDropout,
+        nn.Linear,
+        nn.ReLU,
+        nn.Linear,
+    ]
+    assert _shapes(model, nn.Linear) == [(512, 4096), (256, 512), (10, 256)]
+    assert model.classifier[3].p == 0.3
+    assert _params(model) == 3_359_370
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("where", "conv", "fc"), [("none", [], []), ("conv", [0.15, 0.2], []), ("fc", [], [0.3])])
+def test_cnn_s003_dropout_placements(where, conv, fc):
+    """conv keeps the seed's two Dropout2d (their rates fixed), fc the classifier's Dropout(dropout_p)."""
+    model = create_model(ModelConfig(name="cnn_s003", dropout=where))
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout2d)] == conv
+    assert [m.p for m in model.modules() if type(m) is SeededDropout] == fc
+
+
+def test_cnn_s004_is_seed_004s_notebook():
+    """MyNet of seed 004's notebook (CIFAR10_CNN_Classifier.ipynb), 6,391,702 parameters."""
+    model = create_model(ModelConfig(name="cnn_s004"))
+    assert _shapes(model, nn.Conv2d) == [
+        (32, 3, 3, 3),
+        (64, 32, 3, 3),
+        (128, 64, 3, 3),
+        (256, 128, 3, 3),
+        (512, 256, 3, 3),
+        (1024, 512, 3, 3),
+    ]
+    assert all(c.bias is not None and c.padding == (0, 0) for c in model.modules() if isinstance(c, nn.Conv2d))
+    pools = [[(m.kernel_size, m.stride) for m in block if isinstance(m, nn.MaxPool2d)] for block in model.features]
+    assert pools == [[], [], [(2, 2)], [], [(3, 3)], []]
+    assert _count(model, nn.BatchNorm2d) == 0 and _count(model, nn.Dropout) == 0 and _count(model, nn.Dropout2d) == 0
+    assert _layer_types(model.classifier) == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]
+    assert _shapes(model, nn.Linear) == [(100, 1024), (10, 100)]
+    assert _params(model) == 6_391_702
+    sizes, x = [], torch.randn(2, 3, 32, 32)
+    for block in model.features:
+        x = block(x)
+        sizes.append(x.shape[-1])
+    assert sizes == [30, 28, 13, 11, 3, 1]
+
+
+def test_cnn_s004_settings():
+    bn = create_model(ModelConfig(name="cnn_s004", batchnorm=True, dropout="both"))
+    assert _count(bn, nn.BatchNorm2d) == 6 and _count(bn, nn.Dropout2d) == 6
+    assert _layer_types(bn.classifier) == [nn.Flatten, nn.Linear, nn.ReLU, SeededDropout, nn.Linear]
+    assert bn(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="model.first_pool: cnn_s004"):
+        resolve_model_config(ModelConfig(name="cnn_s004", first_pool=True))
+
+
+def test_resnet18_tv_is_torchvisions_resnet18():
+    """Seed 002's network: torchvision.models.resnet18(weights=None, num_classes=10), 11,181,642 parameters."""
+    model = create_model(ModelConfig(name="resnet18_tv")).eval()
+    tv = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in tv.state_dict().items()}
+    assert _params(model) == _params(tv) == 11_181_642
+    assert (model.conv1.kernel_size, model.conv1.stride) == ((7, 7), (2, 2))
+    assert isinstance(model.maxpool, nn.MaxPool2d)
+    model.load_state_dict(tv.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x))
+    assert _params(create_model(ModelConfig(name="resnet18"))) == 11_173_962  # the CIFAR-stem variant
+
+
+def test_resnet18_tv_settings():
+    model = create_model(ModelConfig(name="resnet18_tv", batchnorm=False, dropout="fc", first_pool=False))
+    assert _count(model, nn.BatchNorm2d) == 0 and isinstance(model.maxpool, nn.Identity)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_batchnorm_toggle():
@@ -86,7 +210,7 @@ def test_first_pool_halves_the_features():
     on = create_model(ModelConfig(name="cnn4", first_pool=True))
     off = create_model(ModelConfig(name="cnn4", first_pool=False))
     assert _count(on, nn.MaxPool2d) == 4
-    assert on.classifier[-1].in_features * 4 == off.classifier[-1].in_features
+    assert on.classifier[1].in_features * 4 == off.classifier[1].in_features
     assert on(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
@@ -99,8 +223,8 @@ def test_unknown_model_lists_registry():
 
 
 def test_bn_position_orders_the_block():
-    before = create_model(ModelConfig(name="cnn4", bn_position="before"))
-    after = create_model(ModelConfig(name="cnn4", bn_position="after"))
+    before = create_model(ModelConfig(name="cnn5", bn_position="before"))
+    after = create_model(ModelConfig(name="cnn5", bn_position="after"))
     assert _layer_types(before.features[0]) == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
     assert _layer_types(after.features[0]) == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d]
     assert _layer_types(after.features[1]) == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d, nn.MaxPool2d]
@@ -139,14 +263,21 @@ def test_cnn3_is_seed_004():
     assert toggled.classifier[1].in_features == 128 * 8 * 8
 
 
-@pytest.mark.parametrize(("name", "convs", "pools", "bn"), [("cnn_s002", 3, 3, 0), ("cnn_s003", 6, 3, 6)])
-def test_seed_002_003_presets(name, convs, pools, bn):
-    model = create_model(ModelConfig(name=name))
-    assert _count(model, nn.Conv2d) == convs and _count(model, nn.MaxPool2d) == pools
-    assert _count(model, nn.BatchNorm2d) == bn and _count(model, nn.Linear) == 2
+def test_seed_002_preset():
+    model = create_model(ModelConfig(name="cnn_s002"))
+    assert _count(model, nn.Conv2d) == 3 and _count(model, nn.MaxPool2d) == 3
+    assert _count(model, nn.BatchNorm2d) == 0 and _count(model, nn.Linear) == 2
 
 
-@pytest.mark.parametrize("name", ["cnn5", "cnn_s003"])
+def test_seed_presets_keep_conv_biases_before_batchnorm():
+    """cnn4 and cnn_s003 keep nn.Conv2d's default bias before each BatchNorm, as the seeds' code."""
+    for name in ("cnn4", "cnn_s003"):
+        model = create_model(ModelConfig(name=name, bn_position="before"))
+        assert _layer_types(model.features[0]) == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+        assert model.features[0][0].bias is not None
+
+
+@pytest.mark.parametrize("name", ["cnn5", "cnn_s003", "cnn_s004"])
 def test_fixed_depth_presets_reject_other_widths(name):
     with pytest.raises(ConfigError, match="model.widths"):
         resolve_model_config(ModelConfig(name=name, widths=(32, 64)))
@@ -159,7 +290,7 @@ def test_too_much_pooling_is_a_config_error():
 
 def test_cnn_input_size_resizes():
     model = create_model(ModelConfig(name="cnn4", input_size=64)).eval()
-    assert model.classifier[-1].in_features == 256 * 8 * 8
+    assert model.classifier[1].in_features == 256 * 8 * 8
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
@@ -182,7 +313,8 @@ def test_weights_of_another_network_are_a_config_error(tmp_path):
 
 def test_trainable_freezes_the_rest():
     model = create_model(ModelConfig(name="cnn4", trainable=("classifier",)))
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"classifier.2.weight", "classifier.2.bias"}
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {f"classifier.{i}.{w}" for i in (1, 4, 6) for w in ("weight", "bias")}
     model.train()
     assert model.classifier.training and not model.features[0][1].training  # frozen BatchNorm stays in eval
     with pytest.raises(ConfigError, match="model.trainable.*'head'.*features, classifier"):

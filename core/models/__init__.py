@@ -7,8 +7,9 @@ honour every setting. An unknown name or an unsupported setting raises
 :class:`~core.config.ConfigError` naming the ``model.<field>`` key.
 
 Presets (seed file in ``shared/seeds/``): ``cnn4`` (000), ``cnn5`` (001's
-custom CNN), ``cnn3`` (004), ``cnn_s002`` (002), ``cnn_s003`` (003),
-``resnet18`` (002's ResNet-18 from scratch, 32x32 stem) and
+custom CNN), ``cnn3`` (004's README), ``cnn_s004`` (004's notebook),
+``cnn_s002`` (002), ``cnn_s003`` (003), ``resnet18_tv`` (002's ResNet-18:
+torchvision's own), ``resnet18`` (its 32x32-stem variant) and
 ``resnet18_imagenet`` (001's pretrained ResNet-18 at 224x224; needs
 ``model.weights``).
 """

@@ -58,6 +58,7 @@ __all__ = [
     "load_weights",
     "preset_defaults",
     "preset_info",
+    "preset_revision",
     "register_model",
     "resolve_model_config",
     "set_trainable",
@@ -86,6 +87,7 @@ class _Preset:
     defaults: dict[str, Any]  # the built-in fields it declares -> its value
     options: dict[str, Any]  # its own options -> default
     origin: str | None  # the file that registered it; None: a built-in preset (core.models)
+    revision: int = 1  # raised when the network a name builds changes (ablations.study.Study.key)
 
 
 _REGISTRY: dict[str, _Preset] = {}
@@ -103,7 +105,7 @@ def _check_option_default(name: str, key: Any, value: Any) -> None:
         )
 
 
-def register_model(name: str, options: dict[str, Any] | None = None, **settings: Any) -> Callable:
+def register_model(name: str, options: dict[str, Any] | None = None, *, revision: int = 1, **settings: Any) -> Callable:
     """Decorator: register ``build(cfg: ModelConfig) -> nn.Module`` as the model ``name``.
 
     The one way a model is added, for the built-in presets and a user's own alike::
@@ -127,6 +129,10 @@ def register_model(name: str, options: dict[str, Any] | None = None, **settings:
         options: the model's own settings and their defaults, ``model.options.<key>`` in a study.
             An option's type is its default's: a boolean, integer, number (an integer is taken
             too), string or list; a default of ``None`` takes any of these.
+        revision: raised by one each time the network that ``name`` builds changes (other layers,
+            other parameter counts). A study whose cells train a model of revision 2 or later has
+            that revision in its key (``ablations.study.Study.key``), so runs of the earlier
+            network are never pooled with runs of the new one; at 1 the key is as it always was.
         **settings: the built-in ``ModelConfig`` fields the model honours, each with its value
             (``dropout_p=0.1``); ``weights`` and ``trainable`` are always honoured. A built-in
             preset gives every field.
@@ -136,12 +142,15 @@ def register_model(name: str, options: dict[str, Any] | None = None, **settings:
 
     Raises:
         TypeError: a setting that is no ``ModelConfig`` field, an option default of another type,
-            options that are not a mapping, a built-in preset without a value for every field.
+            options that are not a mapping, a built-in preset without a value for every field, a
+            revision that is no integer >= 1.
         core.models.plugins.PluginError: (when decorating) ``name`` is a built-in preset's, or
             another file registered it already.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"register_model: the name is a non-empty string, got {name!r}")
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+        raise TypeError(f"model {name!r}: revision is an integer >= 1, got {revision!r}")
     if options is None:
         options = {}
     if not isinstance(options, dict):
@@ -163,7 +172,7 @@ def register_model(name: str, options: dict[str, Any] | None = None, **settings:
             if prev.origin is None:
                 raise PluginError(f"model '{name}' is a built-in preset's name; register yours under another")
             raise PluginError(f"model '{name}' is registered already by {prev.origin}; two files cannot share a name")
-        _REGISTRY[name] = _Preset(build, declared, dict(options), origin)
+        _REGISTRY[name] = _Preset(build, declared, dict(options), origin, revision)
         return build
 
     return wrap
@@ -213,6 +222,17 @@ def preset_info(name: str) -> dict[str, Any]:
     preset = _preset(name)
     settings = {k: v for k, v in preset.defaults.items() if k not in _SHARED_DEFAULTS}
     return {"options": dict(preset.options), "settings": settings, "origin": preset.origin}
+
+
+def preset_revision(name: str) -> int:
+    """How many times the network ``name`` builds has changed, plus one (``register_model``'s ``revision``).
+
+    ``cnn4`` is at 2: seed 000's own classifier since issue 24 (docs/release-notes.md).
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+    """
+    return _preset(name).revision
 
 
 def _preset(name: str) -> _Preset:

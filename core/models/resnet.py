@@ -1,8 +1,10 @@
 """torchvision's ResNet-18 as seed presets: from scratch on 32x32 (seed 002), pretrained at 224x224 (seed 001).
 
-Both presets are :class:`ResNet18`, a subclass of ``torchvision.models.ResNet``
-with the same parameter names, so torchvision's ImageNet state dict
-(``resnet18-f37072fd.pth``) and this project's checkpoints load into it.
+``resnet18_tv`` is ``torchvision.models.resnet18(weights=None, num_classes=10)`` itself (seed 002's
+network); ``resnet18`` is this project's CIFAR-stem variant of it; ``resnet18_imagenet`` loads
+torchvision's ImageNet weights (seed 001). All three presets are :class:`ResNet18`, a subclass
+of ``torchvision.models.ResNet`` with the same parameter names, so torchvision's ImageNet state
+dict (``resnet18-f37072fd.pth``) and this project's checkpoints load into it.
 """
 
 from __future__ import annotations
@@ -117,13 +119,15 @@ _FIXED = {"widths": STAGE_WIDTHS, "hidden": 0, "bn_position": "before", "dropout
 
 @register_model("resnet18", batchnorm=True, first_pool=False, input_size=32, **_FIXED)
 def resnet18(cfg: ModelConfig) -> ResNet18:
-    """Seed 002's ResNet-18 from scratch (``shared/seeds/002_b0a0b4f54b9b656e.txt``; 78-80% top-1, 94-96% top-3).
+    """A CIFAR-stem variant of seed 002's ResNet-18 (``shared/seeds/002_b0a0b4f54b9b656e.txt``; 78-80% top-1).
 
+    Seed 002's own network is ``resnet18_tv``. This is
     ``torchvision.models.resnet18(weights=None, num_classes=10)`` adapted to
-    32x32 inputs: the stem conv is 3x3 with stride 1 and its max pooling is the
-    ``first_pool`` setting (default off), so layer1 sees 32x32 maps. The seed
-    only says "final classification layer modified for 10 classes"; the stem
-    adaptation is this project's (the standard one for CIFAR).
+    32x32 inputs (11,173,962 parameters against torchvision's 11,181,642): the
+    stem conv is 3x3 with stride 1 and its max pooling is the ``first_pool``
+    setting (default off), so layer1 sees 32x32 maps. The seed only says "final
+    classification layer modified for 10 classes"; the stem adaptation is this
+    project's (the standard one for CIFAR).
 
     Settings: ``batchnorm: false`` replaces BatchNorm with ``nn.Identity`` (see
     :class:`ResNet18`); ``dropout: fc`` puts ``Dropout(dropout_p)`` before ``fc``;
@@ -138,6 +142,33 @@ def resnet18(cfg: ModelConfig) -> ResNet18:
         (B, 3, 32, 32) -> (B, num_classes).
     """
     return _resnet(cfg, cifar_stem=True)
+
+
+@register_model("resnet18_tv", batchnorm=True, first_pool=True, input_size=32, **_FIXED)
+def resnet18_tv(cfg: ModelConfig) -> ResNet18:
+    """Seed 002's ResNet-18 as its code builds it (``shared/seeds/002_b0a0b4f54b9b656e.txt``; 78-80% top-1).
+
+    ``torchvision.models.resnet18(weights=None, num_classes=10)`` itself: the ImageNet stem
+    (7x7 stride-2 conv, 3x3 stride-2 max pooling) on 32x32 inputs, so layer1 sees 8x8 maps and
+    layer4 1x1; 11,181,642 parameters, torchvision's names, shapes and initialisation. The seed
+    "imported from ``torchvision.models``", trained "from scratch" with the "final
+    classification layer modified for 10 classes"; it has no public repository, and nothing in
+    its README adapts the stem. The CIFAR-stem ``resnet18`` (3x3 stride-1 stem, no pooling,
+    11,173,962 parameters) is this project's variant.
+
+    Settings: ``first_pool`` keeps the stem's max pooling (default on, torchvision's);
+    ``batchnorm: false`` replaces BatchNorm with ``nn.Identity`` (see :class:`ResNet18`);
+    ``dropout: fc`` puts ``Dropout(dropout_p)`` before ``fc``; ``input_size`` resizes inputs
+    inside ``forward`` (default 32: none). ``dropout: conv``/``both``, ``bn_position: after``,
+    ``hidden`` or other ``widths`` raise ``ConfigError``.
+
+    Seed recipe: Adam 1e-3, StepLR, 20 epochs, 90/10 train/validation split, normalisation, no
+    augmentation: ``studies/cnn_vs_resnet.yaml``.
+
+    Shapes:
+        (B, 3, 32, 32) -> (B, num_classes).
+    """
+    return _resnet(cfg, cifar_stem=False)
 
 
 @register_model(
