@@ -327,9 +327,31 @@ def test_batchnorm_study_carries_seed_000s_claim():
     from ablations.study import load_study
 
     study = load_study(Path(__file__).parents[1] / "studies" / "batchnorm.yaml")
-    (claim,) = study.claims
-    assert claim.treatment == {"batchnorm": True} and claim.control == {"batchnorm": False}
-    assert claim.direction == "increase" and claim.min_effect == 1.4 and "1.4%" in claim.text
+    direction, size = study.claims  # seed 000 changed three things at once: the claim is split
+    for claim in (direction, size):
+        assert claim.treatment == {"batchnorm": True} and claim.control == {"batchnorm": False}
+        assert claim.direction == "increase" and "BatchNorm alone" in claim.tests
+        assert "80" in claim.tests and "dropout" in claim.tests  # what the seed compared besides
+    assert direction.min_effect is None and direction.budget == "full"
+    assert size.min_effect == 1.4 and "1.4%" in size.text and size.budget == {"train.epochs": 50}
+    records = study.claim_records()
+    assert records[0]["claimed_budget"]["values"]["train.epochs"] == 60
+    assert records[1]["claimed_budget"] == {
+        "profile": None,
+        "settings": {"train.epochs": 50},
+        "values": {"train.epochs": 50, "data.train_subset": None, "data.val_fraction": 0.1, "data.root": None},
+    }
+
+
+@pytest.mark.parametrize(
+    "study", ["batchnorm", "cnn_vs_resnet", "dropout", "first_pool", "rotation", "scheduler", "tricks"]
+)
+def test_every_seed_claim_names_the_budget_it_was_made_at(study):
+    from ablations.study import load_study
+
+    s = load_study(Path(__file__).parents[1] / "studies" / f"{study}.yaml", "quick")
+    assert s.claims and all(c.budget is not None for c in s.claims)
+    assert all(r["claimed_budget"]["values"]["train.epochs"] >= 20 for r in s.claim_records())
 
 
 @pytest.mark.parametrize(
