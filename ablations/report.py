@@ -56,6 +56,8 @@ __all__ = [
     "epoch_metric",
     "load_histories",
     "load_runs",
+    "metric_key",
+    "summary_metrics",
 ]
 
 POWER = 0.8
@@ -471,6 +473,48 @@ def _by_epoch_notes(
     if not sr.failures.empty and (sr.failures["kind"] == DIVERGED).any():
         notes.append("runs whose training diverged are left out here (the final verdicts count them)")
     return notes
+
+
+# --------------------------------------------------------------------------------------------- parent run
+
+
+def metric_key(name: str) -> str:
+    """``name`` as an MLflow metric name: MLflow allows only letters, digits, ``_ - . : /`` and spaces, so an
+    arm's ``=`` becomes ``:`` (``batchnorm=false`` -> ``batchnorm:false``) and any other character ``_``."""
+    out = name.replace("=", ":")
+    return "".join(ch if ch.isalnum() or ch in "_-.:/ " else "_" for ch in out)
+
+
+def summary_metrics(r: Report) -> dict[str, float]:
+    """The answer of a report as MLflow metrics for the study's parent run, in the report's units.
+
+    Names (arm labels through :func:`metric_key`): ``arm.<arm>.<metric>_mean``, ``_low`` and ``_high``
+    (each arm's mean and 95% t interval of the study metric); ``effect.<comparison>.estimate``, ``.low``
+    and ``.high`` (each comparison of the effects table: arms against the baseline, main effects,
+    interactions, with the report's interval: the fixed-n t interval, or a sequential study's sequential
+    one); ``claim.<i>.estimate``, ``.low``, ``.high`` (claims numbered from 1); ``seeds_per_arm`` (the
+    fewest seeds of an arm). Accuracies in percent, differences in percent points.
+
+    Args:
+        r: the report.
+
+    Returns:
+        Metric name -> value; comparisons without a value (too few runs) are left out.
+    """
+    m = r.runs.metric
+    out: dict[str, float] = {}
+    for row in r.arms.to_dict("records"):
+        for suffix, col in (("mean", "mean"), ("low", "ci_low"), ("high", "ci_high")):
+            out[metric_key(f"arm.{row['arm']}.{m}_{suffix}")] = row[col]
+    for row in r.effects.to_dict("records"):
+        for suffix, col in (("estimate", "estimate"), ("low", "ci_low"), ("high", "ci_high")):
+            out[metric_key(f"effect.{row['effect']}.{suffix}")] = row.get(col, math.nan)
+    for i, row in enumerate(r.claims.to_dict("records"), 1):
+        for suffix, col in (("estimate", "estimate"), ("low", "ci_low"), ("high", "ci_high")):
+            out[f"claim.{i}.{suffix}"] = row.get(col, math.nan)
+    if not r.arms.empty:
+        out["seeds_per_arm"] = float(r.arms["n"].min())
+    return {k: float(v) for k, v in out.items() if v is not None and v == v and abs(float(v)) != math.inf}
 
 
 # --------------------------------------------------------------------------------------------- the tables

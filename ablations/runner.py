@@ -31,10 +31,12 @@ from ablations.progress import EpochLines, epoch_lines_wanted
 from ablations.search import (
     Heartbeat,
     cell_params,
+    cell_space,
     fail_stale_trials,
     next_trial,
     open_study,
     pending_cells,
+    record_params,
     stale_reason,
 )
 from ablations.study import Cell, Study
@@ -50,6 +52,7 @@ __all__ = [
     "RunnerError",
     "SequentialState",
     "join_study",
+    "log_summary",
     "plan_record",
     "run_study",
     "run_workers",
@@ -177,6 +180,7 @@ class _Session:
 
     def __init__(self, study: Study, tracking_uri: str | None, storage: str | None, create: bool) -> None:
         self.study, self.data_cache, self.tried = study, {}, 0
+        self.summarized = 0  # a sequential study: the looks whose answer is logged on the parent run
         self.eta: Eta | None = None  # set by run_study once the budget is estimated
         self.fuse_k: dict[str, int] = {}  # arm -> seeds trained as one fused model (core.fused)
         self.recorded_plan: dict = {}  # a sequential study's tag ablate.sequential_plan (_record_plan)
@@ -189,6 +193,7 @@ class _Session:
         lock = _SqliteLock(tracking_uri, storage)  # two `ablate run` creating the same SQLite stores at once race
         self.tracker = Tracker(tracking_uri)
         self.ostudy, self.storage = open_study(study, storage, on_stale=self._stale)
+        self.space = cell_space(study)  # the grid: each factor's levels and every seed up to the cap
         self.tags = {
             f"{TAG}study": study.name,
             f"{TAG}profile": study.profile,
@@ -369,6 +374,7 @@ class _Session:
                 if cell is None:  # a queued cell from an older version of the file
                     self.ostudy.tell(trial, state=TrialState.FAIL)
                     continue
+                record_params(self.ostudy, trial, cell, self.space)  # the cell's levels and seed, for Optuna's plots
                 place = len(self.complete_keys() & self.scope) + 1  # this cell is [place/total]
                 t_cell = time.monotonic()
                 group = [(cell, trial)]
@@ -437,6 +443,7 @@ class _Session:
                 if other is not None:
                     requeue(self.ostudy, other)
                 break
+            record_params(self.ostudy, t, other, self.space)
             group.append((other, t))
         return group
 
@@ -570,6 +577,9 @@ def run_study(
                 summary.looks = state.looks
                 if state.looks:  # cells of the looks already complete count as finished before this run
                     visited |= {c.key for c in study.with_seeds(study.looks()[len(state.looks) - 1]).cells()}
+                if state.report is not None and len(state.looks) > session.summarized:
+                    log_summary(session.tracker, session.parent, state.report, len(state.looks))
+                    session.summarized = len(state.looks)
                 if state.stopped:
                     summary.stopped = state.stopped
                     break
@@ -592,6 +602,7 @@ def run_study(
             if seq is None:
                 break
             session.tried = look + 1
+        _finish_summary(session, fixed=seq is None)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -614,10 +625,12 @@ class SequentialState:
     Attributes:
         looks: one dict per complete look (``look``, ``seeds``, ``decided``, ``comparisons``).
         stopped: ``decided``, ``max_seeds`` or ``None`` (go on).
+        report: the ``ablations.report.Report`` of the last complete look, or None before the first.
     """
 
     looks: list[dict]
     stopped: str | None
+    report: Any = None
 
 
 def sequential_state(session: _Session) -> SequentialState:
@@ -629,9 +642,50 @@ def sequential_state(session: _Session) -> SequentialState:
     if session.study.sequential is not None:
         sr.sequential.update(session.study.sequential.model_dump())
     looks, stopped = sequential_looks(sr) if not sr.runs.empty else ([], None)
+    last = looks[-1].get("_report") if looks else None
     for look in looks:
         look.pop("_report", None)
-    return SequentialState(looks, stopped if stopped in ("decided", "max_seeds") else None)
+    return SequentialState(looks, stopped if stopped in ("decided", "max_seeds") else None, last)
+
+
+def log_summary(tracker: Tracker, parent: str, report, look: int | None = None) -> None:
+    """Log a report's answer on the study's parent run as metrics (``ablations.report.summary_metrics``).
+
+    The step is the fewest seeds per arm, so the chart view draws each arm's mean and each effect's
+    interval as a study grows; a sequential study logs at each look, also its number (``look``).
+
+    Args:
+        tracker: the study's tracker.
+        parent: the parent run's ID.
+        report: an ``ablations.report.Report``.
+        look: the look's number (from 1) for a sequential study, else None.
+    """
+    from ablations.report import summary_metrics
+
+    metrics = summary_metrics(report)
+    if look is not None:
+        metrics["look"] = float(look)
+    tracker.log_metrics(parent, metrics, step=int(metrics.get("seeds_per_arm", 0)))
+
+
+def _finish_summary(session: _Session, fixed: bool) -> None:
+    """After a run of the study: its answer on the parent run (a fixed-seed study's metrics; a sequential
+    one logged them at each look) and the figure ``report/effect_by_epoch.png``."""
+    from mlflow.exceptions import MlflowException
+
+    from ablations.plots import effect_by_epoch_plot
+    from ablations.report import ReportError, build_report, effect_by_epoch, load_runs
+
+    try:
+        r = build_report(load_runs(session.study.name, session.tracker.uri, parent_run_id=session.parent))
+        if fixed:
+            log_summary(session.tracker, session.parent, r)
+        r.by_epoch = effect_by_epoch(r)
+        if not r.by_epoch["rows"].empty:
+            fig = effect_by_epoch_plot(r.by_epoch, f"{r.runs.study}: {r.budget}")
+            session.tracker.log_figure(session.parent, fig, "report/effect_by_epoch.png")
+    except (ReportError, MlflowException) as exc:  # no finished runs yet, or the store went away: say so
+        tqdm.write(f"no summary on the parent run: {exc}")
 
 
 def _announce_budget(session: _Session, complete: set[str]) -> None:

@@ -35,8 +35,11 @@ __all__ = [
     "Heartbeat",
     "fail_stale_trials",
     "open_study",
+    "CellGrid",
+    "cell_space",
     "pending_cells",
     "rdb_storage",
+    "record_params",
     "resolve_storage",
     "stale_reason",
     "this_worker",
@@ -168,11 +171,16 @@ def open_study(
         on_stale: see :func:`rdb_storage`; it may run before this function returns.
 
     Returns:
-        The Optuna study and its storage (for :class:`Heartbeat`).
+        The Optuna study and its storage (for :class:`Heartbeat`). Its sampler is a ``GridSampler`` on
+        :func:`cell_space`: the cells are enqueued, so it never picks one, but it names the grid.
     """
     rdb = rdb_storage(storage, on_stale)
     ostudy = optuna.create_study(
-        storage=rdb, study_name=study.key, direction=study.metric.direction, load_if_exists=True
+        storage=rdb,
+        study_name=study.key,
+        direction=study.metric.direction,
+        load_if_exists=True,
+        sampler=CellGrid(cell_space(study)),
     )
     ostudy.set_metric_names([study.metric.name])
     fail_stale_trials(ostudy)
@@ -293,6 +301,81 @@ def cell_params(cell: Cell) -> dict:
     """The Optuna params of a cell's trial: level labels and the seed."""
     # Level labels, not values: Optuna params must be scalars, and a level may be a list.
     return {**{k: level_label(v) for k, v in cell.levels.items()}, "seed": cell.seed}
+
+
+class CellGrid(optuna.samplers.GridSampler):
+    """Optuna's ``GridSampler`` on a study's cells (:func:`cell_space`), which never stops a study.
+
+    The cells are enqueued trials with fixed params, so the grid names the space (what
+    ``optuna-dashboard`` and ``study.sampler`` show) without choosing cells. ``GridSampler`` calls
+    ``Study.stop`` once every grid point was asked for outside the queue, which outside
+    ``Study.optimize`` raises (its documentation's note on ask-and-tell): here the runner, not the
+    sampler, decides when a study is done, so that call is left out.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: D102 - see the class
+        return None
+
+
+def cell_space(study: Study) -> dict[str, list]:
+    """The grid of a study's cells as Optuna sees it: each factor's level labels, and ``seed``: every seed
+    the study may train (a sequential study: up to its cap), in order.
+
+    Returns:
+        ``{factor: [label, ...], "seed": [int, ...]}``, the search space of ``optuna.samplers.GridSampler``
+        and the choices of each trial's categorical params (:func:`record_params`).
+    """
+    space: dict[str, list] = {f: [level_label(v) for v in levels] for f, levels in study.factors.items()}
+    space["seed"] = list(study.looks()[-1])
+    return space
+
+
+def record_params(ostudy: optuna.Study, trial: optuna.Trial, cell: Cell, space: dict[str, list]) -> list[str]:
+    """Record a cell's factor levels and seed as its trial's params (categorical distributions).
+
+    Enqueued params (:func:`pending_cells`) become a trial's params only once suggested: each is
+    suggested here with ``Trial.suggest_categorical(name, choices)``, which returns the enqueued value,
+    so that Optuna's API and ``optuna-dashboard`` (parameter importance, slice, parallel coordinates)
+    see the study by its factors. Optuna keeps one distribution per param name in a study, and a
+    categorical one cannot change its choices: a param already recorded with choices holding the value
+    keeps them; a level or seed added to a study after trials recorded theirs (choices that no longer
+    match) is left off the trial and named in its user attribute ``params_left_out``.
+
+    Args:
+        ostudy: the Optuna study.
+        trial: the cell's trial (taken with :func:`next_trial`).
+        cell: the cell.
+        space: :func:`cell_space` of the study.
+
+    Returns:
+        The names of the params left off (empty when every one was recorded).
+    """
+    from optuna.distributions import CategoricalDistribution
+
+    values = cell_params(cell)
+    recorded: dict[str, CategoricalDistribution] = {}
+    for t in ostudy.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            recorded.setdefault(name, dist)
+        if len(recorded) >= len(values):
+            break
+    left = []
+    for name, value in values.items():
+        earlier = recorded.get(name)
+        if isinstance(earlier, CategoricalDistribution) and value in earlier.choices:
+            choices = list(earlier.choices)
+        else:
+            choices = list(space.get(name, [value]))
+        try:
+            trial.suggest_categorical(name, choices)
+        except ValueError:  # the study recorded this param with other choices before
+            left.append(name)
+    if left:
+        trial.set_user_attr(
+            "params_left_out",
+            f"{', '.join(left)}: the study recorded them with other choices before (levels or seeds were added)",
+        )
+    return left
 
 
 def pending_cells(study: Study, ostudy: optuna.Study) -> tuple[list[Cell], int]:
