@@ -302,6 +302,13 @@ def _open(study: Study, name: str, storage: str | None, on_stale: Callable[[Froz
         pruner=make_pruner(search),
         load_if_exists=True,
     )
+    recorded = ostudy.metric_names
+    if recorded and recorded != [study.metric.name] and ostudy.get_trials(deepcopy=False):
+        # a search written without metric: optimised test_acc until the default became val_acc (issue 24)
+        raise RuntimeError(
+            f"search {name} has trials valued by {recorded[0]}, and the study's metric is now "
+            f"{study.metric.name}: their values cannot be pooled; give the study another name or profile"
+        )
     ostudy.set_metric_names([study.metric.name])
     fail_stale_trials(ostudy)  # heartbeat older than the grace, or a dead process on this host
     return ostudy

@@ -15,7 +15,10 @@ A study may also have a ``search`` block (:class:`SearchSpec`): a
 hyperparameter search with Optuna over dotted config keys, run by
 ``ablations.hpsearch``. Beside ``factors`` every arm gets its own search;
 alone, ``factors`` (and ``seeds``) may be left out. Profiles and ``--set`` may
-change ``search.n_trials`` and ``search.timeout``.
+change ``search.n_trials`` and ``search.timeout``. The test set never chooses: a
+search's ``metric`` defaults to ``val_acc``, and a ``test_*`` metric for a search
+(or a pruner metric, or ``train.select`` / ``train.early_stopping_metric``, which
+``core.config`` checks) is a one-line error naming the key and why.
 
 YAML note: this loader reads booleans as in YAML 1.2: only ``true``/``false``.
 ``on``, ``off``, ``yes``, ``no`` stay strings, and a boolean factor given such
@@ -436,6 +439,16 @@ def load_study(
             "claims",
             "a search study checks no claims: put them in the ordinary study that re-runs the best config with seeds",
         )
+    if spec.search is not None:  # a search chooses: on the validation split, never on the test set
+        if "metric" not in raw:
+            spec = spec.model_copy(update={"metric": MetricSpec(name="val_acc")})
+        elif spec.metric.name.startswith("test_"):
+            raise StudyError(
+                path,
+                "metric",
+                f"{spec.metric.name} would let the test set choose the search's hyperparameters; optimise val_acc "
+                "or val_loss (the default is val_acc) and measure the best config on the test set in an ordinary study",
+            )
     code = _import_code(path, spec.imports)  # before anything is resolved: the models it registers
     factors = dict(spec.factors or {})
     seeds = list(spec.seeds or [0])
@@ -698,6 +711,13 @@ def _check_search(path: Path, cfg: RunConfig, search: SearchSpec, factors: dict[
                 resolve_model_config(apply_overrides(cfg, {key: value}).model)
             except ConfigError as exc:
                 raise StudyError(path, where, str(exc)) from None
+    if "metric" in search.pruner.options:
+        raise StudyError(
+            path,
+            "search.pruner.metric",
+            "the pruner watches val_loss for a loss metric and val_acc otherwise, after every epoch; "
+            "it takes no metric, and the test set never stops a trial",
+        )
     try:
         make_sampler(search)
         make_pruner(search)

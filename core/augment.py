@@ -25,14 +25,15 @@ from PIL import Image
 
 from core.config import AugmentConfig
 
-__all__ = ["BatchAugment", "ReferenceDataset", "normalize", "reference_transform"]
+__all__ = ["BatchAugment", "ReferenceDataset", "normalize", "reference_transform", "shift_hue"]
 
 # One generator for every operation, one per operation name, or None (torch's default generator).
 Generators = torch.Generator | Mapping[str, torch.Generator] | None
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-_ERASE_SCALE = (0.02, 0.33)  # RandomErasing defaults: area fraction
-_ERASE_RATIO = (0.3, 3.3)  # and aspect ratio h/w
+# torchvision's _hsv_to_rgb: for each HSV sector 0..5, which of (v, p, q, t) is R, G and B
+_HSV_SECTORS = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], dtype=torch.long)
+_ERASE_RATIO = (0.3, 3.3)  # RandomErasing's default aspect ratio h/w (its area fraction: augment.erasing_scale)
 _ERASE_TRIES = 10  # RandomErasing draws up to 10 rectangles, keeps the first that fits
 
 
@@ -96,21 +97,28 @@ class BatchAugment:
     Same operations, order and parameter distributions as :func:`reference_transform`
     (torchvision ``RandomCrop(padding=p)``, ``RandomHorizontalFlip()``,
     ``RandomRotation(r)`` with nearest interpolation and fill 0,
-    ``ColorJitter(brightness=b, contrast=c)``, ``ToTensor()``, ``Normalize(mean, std)``,
-    ``RandomErasing(p=e)``), batched in the manner of cifar10-airbench (Keller Jordan):
+    ``ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)``, ``ToTensor()``,
+    ``Normalize(mean, std)``, ``RandomErasing(p=e, scale=erasing_scale)``), batched in the
+    manner of cifar10-airbench (Keller Jordan):
 
     * crop and flip are one exact integer gather (a row ``index_select`` and a column
       ``gather``) from the zero-padded uint8 batch; offsets uniform in 0..2p;
     * rotation is one ``affine_grid`` + ``grid_sample(mode="nearest")`` with a
       per-image matrix, about the image centre, counter-clockwise for positive angles
       (pixel-identical to torchvision's ``rotate``);
-    * colour jitter applies brightness, then contrast: a fixed order, where torchvision
-      shuffles the two per image (they commute unless pixels clip). Brightness scales by
-      ``f ~ U[max(0, 1-b), 1+b]``; contrast blends with the image's mean grayscale value
-      with ``f ~ U[max(0, 1-c), 1+c]``; each clamps to the valid range. Values stay
-      float: PIL truncates to uint8 after each step (0.5 grey level lower on average);
+    * colour jitter applies brightness, contrast, saturation, then hue: a fixed order, where
+      torchvision shuffles the four per image (brightness and contrast commute unless pixels
+      clip). Brightness scales by ``f ~ U[max(0, 1-b), 1+b]``; contrast blends with the image's
+      mean grayscale value with ``f ~ U[max(0, 1-c), 1+c]``; saturation blends with the
+      per-pixel grayscale image with ``f ~ U[max(0, 1-s), 1+s]``; hue turns the colour circle
+      by ``f ~ U[-h, h]`` (RGB -> HSV, ``(H + f) mod 1``, -> RGB); each clamps to the valid
+      range. This is torchvision's ``adjust_brightness``/``adjust_contrast``/
+      ``adjust_saturation``/``adjust_hue`` maths (``torchvision.transforms.v2.functional``,
+      grayscale weights 0.2989, 0.587, 0.114) on float values. Values stay float: PIL
+      truncates to uint8 after each step (0.5 grey level lower on average);
     * random erasing draws 10 candidate rectangles per image exactly as torchvision
-      does (area fraction ~ U[0.02, 0.33], log aspect ratio ~ U[log 0.3, log 3.3],
+      does (area fraction ~ U[augment.erasing_scale], default torchvision's [0.02, 0.33],
+      log aspect ratio ~ U[log 0.3, log 3.3],
       sides rounded) and keeps the first that fits, so its distribution matches
       torchvision's; if none fits the image is left alone, as in torchvision.
       Erased pixels are 0 after normalisation.
@@ -124,13 +132,15 @@ class BatchAugment:
         cfg: the augmentation settings.
 
     Raises:
-        ValueError: a negative padding, rotation, brightness or contrast, or an
-            erasing probability outside [0, 1].
+        ValueError: a negative padding, rotation, brightness, contrast or saturation, a hue
+            outside [0, 0.5], or an erasing probability outside [0, 1].
     """
 
     def __init__(self, cfg: AugmentConfig):
-        if cfg.crop_padding < 0 or cfg.rotation < 0 or cfg.brightness < 0 or cfg.contrast < 0:
+        if min(cfg.crop_padding, cfg.rotation, cfg.brightness, cfg.contrast, cfg.saturation) < 0:
             raise ValueError(f"augmentation settings must be >= 0, got {cfg}")
+        if not 0.0 <= cfg.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5] (a fraction of the colour circle), got {cfg.hue}")
         if not 0.0 <= cfg.erasing <= 1.0:
             raise ValueError(f"erasing probability must be in [0, 1], got {cfg.erasing}")
         self.cfg = cfg
@@ -142,6 +152,8 @@ class BatchAugment:
             "rotation": (1, cfg.rotation > 0),
             "brightness": (1, cfg.brightness > 0),
             "contrast": (1, cfg.contrast > 0),
+            "saturation": (1, cfg.saturation > 0),
+            "hue": (1, cfg.hue > 0),
             "erasing": (3 + 2 * _ERASE_TRIES, cfg.erasing > 0),
         }
         self._widths = {name: w for name, (w, on) in widths.items() if on}
@@ -169,7 +181,7 @@ class BatchAugment:
             b: batch size.
             device: where to draw (the generators must live there).
             generator: one ``torch.Generator`` for every operation (drawn in the order crop,
-                flip, rotation, brightness, contrast, erasing), or a mapping from operation name
+                flip, rotation, brightness, contrast, saturation, hue, erasing), or a mapping from operation name
                 (``core.rng.AUGMENT_OPS``) to its own generator, as ``core.rng.augment_generators``
                 gives: then each operation's draws do not depend on which others are on (common
                 random numbers across arms that differ in one operation). ``None``: the
@@ -240,6 +252,14 @@ class BatchAugment:
             f = (lo + (1 + cfg.contrast - lo) * u["contrast"][:, 0]).view(b, 1, 1, 1)
             m = (y.mean((2, 3)) * k["gray"]).sum(1).view(b, 1, 1, 1)  # mean of the grayscale image
             y.mul_(f).add_((1 - f) * m).clamp_(0.0, 255.0)
+        if "saturation" in u:  # blend with the grayscale image, pixel by pixel
+            lo = max(0.0, 1 - cfg.saturation)
+            f = (lo + (1 + cfg.saturation - lo) * u["saturation"][:, 0]).view(b, 1, 1, 1)
+            gray = (y * k["gray"].view(1, 3, 1, 1)).sum(1, keepdim=True)  # (B, 1, H, W)
+            y.mul_(f).add_((1 - f) * gray).clamp_(0.0, 255.0)
+        if "hue" in u:
+            f = ((2 * u["hue"][:, 0] - 1) * cfg.hue).view(b, 1, 1)
+            y = shift_hue(y.div_(255.0), f).mul_(255.0)
 
         y.mul_(k["scale"]).sub_(k["shift"])  # 5. normalise
         if "erasing" in u:  # 6. value 0 after normalisation
@@ -275,7 +295,7 @@ class BatchAugment:
         sides smaller than the image is used, as torchvision does.
         """
         t, hw = _ERASE_TRIES, k["hw"]
-        lo, hi = (h * w * s for s in _ERASE_SCALE)
+        lo, hi = (h * w * s for s in self.cfg.erasing_scale)
         r0, r1 = (math.log(r) for r in _ERASE_RATIO)
         log_area = (u[:, :t] * (hi - lo) + lo).log_()
         log_ratio = u[:, t : 2 * t] * (r1 - r0) + r0
@@ -290,13 +310,56 @@ class BatchAugment:
         return 1.0 - inside[:, 0, None, :h, None] * inside[:, 1, None, None, :w]
 
 
+def shift_hue(y: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Turn the hue of float RGB images in [0, 1] by ``shift`` (a fraction of the colour circle).
+
+    torchvision's ``adjust_hue`` on float images (``torchvision.transforms.v2.functional``:
+    ``_rgb_to_hsv``, ``(h + shift) mod 1``, ``_hsv_to_rgb``), batched with one shift per image.
+
+    Args:
+        y: float ``(B, 3, H, W)``, values in [0, 1].
+        shift: float broadcastable to ``(B, H, W)``, e.g. ``(B, 1, 1)``, each in [-0.5, 0.5].
+
+    Returns:
+        float ``(B, 3, H, W)`` in [0, 1], a new tensor.
+    """
+    r, g, b = y.unbind(1)  # (B, H, W) each
+    maxc, _ = y.max(1)
+    minc, _ = y.min(1)
+    eqc = maxc == minc  # gray pixels: no hue
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_divisor = torch.where(eqc, ones, cr)
+    rc, gc, bc = ((maxc - c) / cr_divisor for c in (r, g, b))
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = ((hr + hg + hb) / 6.0 + 1.0).fmod(1.0)
+    h = (h + shift).remainder(1.0)
+    # HSV -> RGB, as torchvision's _hsv_to_rgb
+    h6 = h * 6.0
+    i = h6.floor()
+    f = h6 - i
+    i = i.to(torch.int32).remainder(6)
+    v = maxc
+    p = (v * (1.0 - s)).clamp(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    # sector i: (R, G, B) = (v,t,p), (q,v,p), (p,v,t), (p,q,v), (t,p,v), (v,p,q): rows of _HSV_SECTORS
+    vpqt = torch.stack((v, p, q, t), 1)  # (B, 4, H, W)
+    select = _HSV_SECTORS.to(y.device)[:, i.long()].movedim(0, 1)  # (B, 3, H, W) indices into vpqt
+    return vpqt.gather(1, select)
+
+
 def reference_transform(cfg: AugmentConfig, train: bool = True, size: int = 32) -> T.Compose:
     """The seed projects' per-image torchvision pipeline for PIL images.
 
     ``RandomCrop(size, padding=p)``, ``RandomHorizontalFlip()``,
-    ``RandomRotation(r)`` (nearest, fill 0), ``ColorJitter(brightness=b, contrast=c)``,
-    ``ToTensor()``, ``Normalize(mean, std)``, ``RandomErasing(p=e)``; operations that
-    are off are left out. With ``train=False`` only ``ToTensor`` + ``Normalize``.
+    ``RandomRotation(r)`` (nearest, fill 0), ``ColorJitter(brightness=b, contrast=c,
+    saturation=s, hue=h)``, ``ToTensor()``, ``Normalize(mean, std)``, ``RandomErasing(p=e,
+    scale=erasing_scale)``; operations that are off are left out. With ``train=False`` only
+    ``ToTensor`` + ``Normalize``.
 
     Args:
         cfg: the augmentation settings.
@@ -315,11 +378,13 @@ def reference_transform(cfg: AugmentConfig, train: bool = True, size: int = 32) 
             ops.append(T.RandomHorizontalFlip())
         if cfg.rotation > 0:
             ops.append(T.RandomRotation(cfg.rotation, interpolation=T.InterpolationMode.NEAREST))
-        if cfg.brightness > 0 or cfg.contrast > 0:
-            ops.append(T.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast))
+        if cfg.brightness > 0 or cfg.contrast > 0 or cfg.saturation > 0 or cfg.hue > 0:
+            ops.append(
+                T.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation, hue=cfg.hue)
+            )
     ops += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
     if train and cfg.erasing > 0:
-        ops.append(T.RandomErasing(p=cfg.erasing))
+        ops.append(T.RandomErasing(p=cfg.erasing, scale=tuple(cfg.erasing_scale)))
     return T.Compose(ops)
 
 

@@ -40,6 +40,9 @@ __all__ = [
 # shared/data/README.md).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# What may choose an epoch or stop a run (train.select, train.early_stopping_metric): the validation split,
+# never the test set.
+VALIDATION_METRICS = ("val_acc", "val_loss")
 
 
 class ConfigError(ValueError):
@@ -109,7 +112,14 @@ class AugmentConfig(_Section):
     rotation: float = 0.0  # max rotation in degrees (seed 000 found 10 hurt; 0: off)
     brightness: float = 0.2  # colour jitter: factor drawn from [1-b, 1+b] (seed 000 uses ColorJitter)
     contrast: float = 0.2  # colour jitter: factor drawn from [1-c, 1+c]
+    # colour jitter: blend with the grayscale image by a factor drawn from [1-s, 1+s] (seed 000: 0.2)
+    saturation: float = Field(0.0, ge=0.0)
+    # colour jitter: hue shifted by a fraction of the colour circle drawn from [-h, h] (seed 000: 0.05)
+    hue: float = Field(0.0, ge=0.0, le=0.5)
     erasing: float = 0.25  # random erasing probability per image (seed 000 uses RandomErasing)
+    # the erased area as a fraction of the image, drawn from [lo, hi]: torchvision's RandomErasing default;
+    # seed 000 erases (0.02, 0.15)
+    erasing_scale: tuple[float, float] = (0.02, 0.33)
     # Mixing whole batches (core.tricks.BatchMix), after the per-image operations: the alpha of the Beta
     # distribution of the mixing weight, 0 = off. mixup: Zhang et al. 2018 (alpha 1 on CIFAR-10, 0.2 on
     # ImageNet, as He et al. 2019); cutmix: Yun et al. 2019 (alpha 1). With both on, each mixed batch is one
@@ -119,6 +129,13 @@ class AugmentConfig(_Section):
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)  # probability that a batch is mixed (timm's prob; CutMix: 0.5)
     mean: tuple[float, float, float] = CIFAR10_MEAN  # normalisation, per channel
     std: tuple[float, float, float] = CIFAR10_STD
+
+    @field_validator("erasing_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"must be (lo, hi) with 0 < lo <= hi <= 1, a fraction of the image's area; got {v}")
+        return v
 
 
 class OptimConfig(_Section):
@@ -165,7 +182,12 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA and native-bf16 CPUs, else fp32
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and CPU, off for MPS
     max_steps: int | None = None  # stop each epoch after this many batches (benchmarks, smoke)
-    early_stopping: int | None = None  # stop after this many epochs without a better val loss (seed 003)
+    early_stopping: int | None = None  # stop after this many epochs without a better early_stopping_metric
+    # What early stopping watches: val_loss (lower is better; seed 003) or val_acc. Never a test_* metric.
+    early_stopping_metric: str = "val_loss"
+    # Which epoch's weights are kept and tested: the highest val_acc or the lowest val_loss (seed 003's
+    # src/train.py). Never a test_* metric. Without a validation split the last epoch is kept.
+    select: str = "val_acc"
     # Cross-entropy against (1 - e) one-hot + e / classes (Szegedy et al. 2016 and He et al. 2019: e = 0.1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # Decay of an exponential moving average of the weights, updated after every step and evaluated, kept
@@ -183,6 +205,17 @@ class TrainConfig(_Section):
     # Xeon with AMX (torch 2.14.1, 2026-12-04) it stepped 0.68x as fast as eager after 52 s of compiling (cnn4,
     # batch 128, --ks 1 --steps 10 --warmup 2 --compile both --precision bf16); no GPU has measured it yet.
     compile: Literal["off", "on"] = "off"
+
+    @field_validator("early_stopping_metric", "select")
+    @classmethod
+    def _validation_metric(cls, v: str) -> str:
+        if v.startswith("test_"):
+            raise ValueError(
+                f"{v} would let the test set choose; it only measures the kept weights: use val_acc or val_loss"
+            )
+        if v not in VALIDATION_METRICS:
+            raise ValueError(f"must be one of {', '.join(VALIDATION_METRICS)}")
+        return v
 
     @field_validator("fuse_seeds")
     @classmethod
@@ -302,7 +335,8 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"config key '{key}': {err['msg']} (got {err.get('input')!r})") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"config key '{key}': {msg} (got {err.get('input')!r})") from None
 
 
 # Where the data lives, which device trains and how seeds are grouped do not change what a run means:
@@ -324,6 +358,11 @@ _HASHED_WHEN_SET = (
     "augment.mixup",
     "augment.cutmix",
     "augment.mix_prob",
+    "augment.saturation",  # issue 24: seed 000's colour jitter and erasing
+    "augment.hue",
+    "augment.erasing_scale",
+    "train.select",  # issue 24: seed 003 keeps the lowest validation loss
+    "train.early_stopping_metric",
     "optim.no_bias_decay",
     "schedule.warmup_epochs",
     "train.label_smoothing",

@@ -31,7 +31,7 @@ import torch
 __all__ = ["AUGMENT_OPS", "augment_generators", "generator", "numpy_generator", "stream_seed"]
 
 # The augmentation operations with a stream each (core.augment.BatchAugment's draws).
-AUGMENT_OPS = ("crop", "flip", "rotation", "brightness", "contrast", "erasing")
+AUGMENT_OPS = ("crop", "flip", "rotation", "brightness", "contrast", "saturation", "hue", "erasing")
 
 
 def stream_seed(seed: int, name: str) -> int:

@@ -94,8 +94,9 @@ class FitResult:
             ``train.epochs`` when early stopping ended the run.
         test: ``test_loss``, ``test_acc``, ``test_top3`` and ``test_acc_class_<class>``
             (accuracies in [0, 1]) of the best-validation weights on the test set.
-        best_epoch: 1-based epoch whose weights were kept (highest val top-1;
-            the last epoch when there is no validation set).
+        best_epoch: 1-based epoch whose weights were kept: the first epoch of the highest val top-1
+            (``train.select: val_acc``) or of the lowest validation loss (``val_loss``, seed 003's
+            ``src/train.py``); the last epoch when there is no validation set.
         state_dict: those weights, on the CPU.
         device: where it trained, e.g. ``"cuda:0"``.
         seconds: wall time of the whole fit, evaluation included.
@@ -382,10 +383,10 @@ class _Seed:
     cfg: RunConfig
     callbacks: list[Callback]
     history: list[dict[str, float]] = field(default_factory=list)
-    best_acc: float = -math.inf
+    best_score: float = -math.inf  # of train.select: val_acc, or minus val_loss
     best_epoch: int = 0
     best_state: dict[str, Tensor] | None = None
-    best_val_loss: float = math.inf
+    best_watched: float = -math.inf  # of train.early_stopping_metric: val_acc, or minus val_loss
     stale_epochs: int = 0
     outcome: Exception | None = None  # why it ended early: DivergedError or a callback's exception
     done: bool = False  # ended (early stopping, divergence, a callback's exception)
@@ -524,9 +525,11 @@ def _fit_group(
                 "images_per_s": seen / seconds,
             }
             run.history.append(metrics)
-            score = val["acc"] if has_val else epoch  # no validation set: keep the last epoch
-            if score > run.best_acc:
-                run.best_acc, run.best_epoch, run.best_state = score, epoch, kept.state_dict(j)
+            # train.select: the highest val_acc or the lowest val_loss (the first such epoch);
+            # no validation set: the last epoch
+            score = _higher_is_better(val, cfg.train.select) if has_val else epoch
+            if score > run.best_score:
+                run.best_score, run.best_epoch, run.best_state = score, epoch, kept.state_dict(j)
         # One lr schedule for the group (the config is shared); plateau, which watches a run's own
         # validation loss, trains alone (core.fused.unfusable_reason).
         sched.after_epoch(vals[0]["loss"], train_losses[live[0]])
@@ -534,8 +537,9 @@ def _fit_group(
             run, val = runs[i], vals[j]
             run.call("on_epoch_end", epoch, run.history[-1])
             if cfg.train.early_stopping and has_val and not run.done:
-                if val["loss"] < run.best_val_loss:
-                    run.best_val_loss, run.stale_epochs = val["loss"], 0
+                watched = _higher_is_better(val, cfg.train.early_stopping_metric)
+                if watched > run.best_watched:
+                    run.best_watched, run.stale_epochs = watched, 0
                 else:
                     run.stale_epochs += 1
                 run.done = run.stale_epochs >= cfg.train.early_stopping
@@ -571,6 +575,16 @@ def _fit_group(
             )
         )
     return results
+
+
+def _higher_is_better(val: dict[str, Any], metric: str) -> float:
+    """``val_acc`` as it is, ``val_loss`` negated: a validation metric where larger is better.
+
+    A NaN loss (a diverged evaluation) becomes -inf, never better than a finite one.
+    """
+    if metric == "val_loss":
+        return -val["loss"] if math.isfinite(val["loss"]) else -math.inf
+    return val["acc"]
 
 
 def _drop_done(

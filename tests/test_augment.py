@@ -235,6 +235,92 @@ def test_contrast_blends_with_grayscale_mean():
     assert f.min() < 0.65 and f.max() > 1.35
 
 
+def _factors(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """The jitter factors BatchAugment derives from its uniform draws ``u`` (B, 1): U[lo, hi]."""
+    return lo + (hi - lo) * u[:, 0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_saturation_is_torchvisions_adjust_saturation(device):
+    """Each image as torchvision.transforms.v2.functional.adjust_saturation with its drawn factor."""
+    import torchvision.transforms.v2.functional as F2
+
+    x = images(64, seed=21).to(device)
+    aug = BatchAugment(cfg(saturation=0.6))
+    u = aug.draw(len(x), device, gen(3, device))
+    assert set(u) == {"saturation"}
+    y = to_255(aug.apply(x, u)) / 255
+    f = _factors(u["saturation"].cpu(), 0.4, 1.6)
+    ref = torch.stack([F2.adjust_saturation(x[i].cpu().float() / 255, float(f[i])) for i in range(len(x))])
+    torch.testing.assert_close(y, ref, atol=2e-5, rtol=0)
+    assert f.min() < 0.5 and f.max() > 1.5  # the whole range is drawn
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hue_is_torchvisions_adjust_hue(device):
+    """Each image as torchvision.transforms.v2.functional.adjust_hue with its drawn shift, gray pixels included."""
+    import torchvision.transforms.v2.functional as F2
+
+    x = images(64, seed=22).to(device)
+    x[0] = 128  # gray: no hue to turn
+    x[1, :, :4] = x[1, 0, :4]  # gray rows inside a coloured image
+    aug = BatchAugment(cfg(hue=0.5))
+    u = aug.draw(len(x), device, gen(4, device))
+    y = to_255(aug.apply(x, u)) / 255
+    f = _factors(u["hue"].cpu(), -0.5, 0.5)
+    ref = torch.stack([F2.adjust_hue(x[i].cpu().float() / 255, float(f[i])) for i in range(len(x))])
+    torch.testing.assert_close(y, ref, atol=2e-5, rtol=0)
+    assert f.min() < -0.4 and f.max() > 0.4
+
+
+def test_seed_000_jitter_in_order_brightness_contrast_saturation_hue():
+    """ColorJitter(0.2, 0.2, 0.2, 0.05) with its four factors applied in that fixed order (torchvision shuffles)."""
+    import torchvision.transforms.v2.functional as F2
+
+    x = smooth_images(32, seed=5)
+    c = cfg(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05)
+    aug = BatchAugment(c)
+    u = aug.draw(len(x), "cpu", gen(6))
+    y = to_255(aug.apply(x, u)) / 255
+    fb, fc, fs = (_factors(u[op], 0.8, 1.2) for op in ("brightness", "contrast", "saturation"))
+    fh = _factors(u["hue"], -0.05, 0.05)
+    ref = []
+    for i in range(len(x)):
+        z = F2.adjust_brightness(x[i].float() / 255, float(fb[i]))
+        z = F2.adjust_contrast(z, float(fc[i]))
+        z = F2.adjust_saturation(z, float(fs[i]))
+        ref.append(F2.adjust_hue(z, float(fh[i])))
+    torch.testing.assert_close(y, torch.stack(ref), atol=5e-5, rtol=0)
+
+
+def test_saturation_and_hue_have_streams_of_their_own():
+    """Turning saturation or hue on leaves every other operation's draws as they were (core.rng)."""
+    from core import rng
+
+    x = images(16, seed=2)
+    base = cfg(crop_padding=4, flip=True, brightness=0.2, erasing=0.5)
+    more = base.model_copy(update={"saturation": 0.2, "hue": 0.05})
+    a = BatchAugment(base).draw(len(x), "cpu", rng.augment_generators(7))
+    b = BatchAugment(more).draw(len(x), "cpu", rng.augment_generators(7))
+    assert set(b) - set(a) == {"saturation", "hue"}
+    for op in a:
+        assert torch.equal(a[op], b[op]), op
+
+
+def test_reference_pipeline_has_saturation_hue_and_erasing_scale():
+    c = cfg(saturation=0.2, hue=0.05, erasing=0.25, erasing_scale=(0.02, 0.15))
+    ops = {type(t).__name__: t for t in reference_transform(c).transforms}
+    assert ops["ColorJitter"].saturation == (0.8, 1.2) and ops["ColorJitter"].hue == (-0.05, 0.05)
+    assert ops["RandomErasing"].scale == (0.02, 0.15) and ops["RandomErasing"].p == 0.25
+
+
+def test_hue_outside_half_the_circle_is_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        cfg(hue=0.6)
+
+
 # ---------------------------------------------------------------- erasing
 
 
@@ -278,6 +364,24 @@ def test_erasing_rectangles_match_torchvision_distribution():
         tol = 4 * math.sqrt(a.var() / len(a) + r.var() / len(r))
         assert abs(a.mean() - r.mean()) < tol
         assert 0.8 < a.std() / r.std() < 1.25
+
+
+def test_erasing_scale_bounds_the_erased_area():
+    """augment.erasing_scale: seed 000 erases (0.02, 0.15) of the image, not torchvision's default third."""
+    x = images(1024, seed=13)
+    boxes = erased_boxes(BatchAugment(cfg(erasing=1.0, erasing_scale=(0.02, 0.15)))(x, gen(5)))
+    ours = torch.tensor([b for b in boxes if b is not None], dtype=torch.float64)
+    area = ours[:, 2] * ours[:, 3] / 1024
+    assert area.min() >= 0.015 and area.max() <= 0.17  # U[0.02, 0.15], sides rounded
+    torch.manual_seed(1)
+    img = torch.zeros(3, 32, 32)
+    ref = torch.tensor(
+        [T.RandomErasing.get_params(img, (0.02, 0.15), (0.3, 3.3), [0])[:4] for _ in range(2000)],
+        dtype=torch.float64,
+    )
+    ref_area = ref[:, 2] * ref[:, 3] / 1024
+    tol = 4 * math.sqrt(area.var() / len(area) + ref_area.var() / len(ref_area))
+    assert abs(area.mean() - ref_area.mean()) < tol
 
 
 # ---------------------------------------------------------------- versus the reference
