@@ -143,6 +143,19 @@ def _display(r: Report, md: bool = False, term: bool = False) -> dict[str, pd.Da
     return {"arms": arms, "effects": effects, "verdicts": verdicts, "claims": claims}
 
 
+def _claim_lines(r: Report) -> list[str]:
+    """Per claim, under the terminal's claims table: what the study tests, and for a claim that names its
+    budget the verdict with the budget it was measured at and the claim's (``statement``)."""
+    c = r.claims
+    out = []
+    for i, row in enumerate(c.to_dict("records"), 1):
+        if isinstance(row.get("tests"), str) and row["tests"]:
+            out.append(f"claim {i}: this study tests {row['tests']}")
+        if row.get("statement") and isinstance(row.get("claimed_budget"), dict):  # the claim names its budget
+            out.append(f"claim {i}: {row['statement']}")
+    return out
+
+
 def _by_epoch_display(r: Report) -> pd.DataFrame:
     """The effect-by-epoch rows as strings: comparison (named on its first row), epoch, n, difference [CI]."""
     b = r.by_epoch
@@ -593,7 +606,9 @@ def _terminal(r: Report) -> str:
             ]
         else:
             out += ["", f"claims (interval at {1 - r.alpha:.0%}, not corrected for multiplicity)"]
-        out += [table(d["claims"], "simple_grid", [22, 9, 16, 15, 22])]
+        shown = d["claims"].assign(claim=r.claims["claim"], verdict=r.claims["verdict"])  # words: the lines below
+        out += [table(shown, "simple_grid", [20, 10, 18, 15, 19])]
+        out += [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _claim_lines(r)]
     if r.by_epoch is not None:
         out += [""] + [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in _by_epoch_lines(r)]
         if not r.by_epoch["rows"].empty:

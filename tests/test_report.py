@@ -607,3 +607,147 @@ def test_a_precision_factor_differs_by_design_but_an_arm_may_not_mix():
     auto = build_report(_with_precisions(sr, ["fp32"] * 4 + ["bf16", "bf16", "fp32", "fp32"]))
     assert auto.mixed_precision["arm"].unique().tolist() == ["train.precision=bf16"]
     assert "fp32: 2 runs (train.precision=bf16 seeds 2, 3)" in " ".join(render(auto, "table").split())
+
+
+# ----------------------------------------------------------------------------- effect by epoch, claim budgets
+
+
+def _history(diffs: dict[int, list[float]], schedule: str | None = None) -> tuple[StudyRuns, pd.DataFrame]:
+    """A batchnorm study whose per-seed val_acc differences (false - true, fractions) after each epoch are known."""
+    sr = runs({"true": [0.60, 0.62, 0.58], "false": [0.57, 0.58, 0.57]}, claims=[BN_CLAIM])
+    if schedule is not None:
+        sr.schedules = {"batchnorm=true": [schedule], "batchnorm=false": [schedule]}
+    rows = []
+    for epoch, d in diffs.items():
+        for seed, dd in enumerate(d):
+            base = 0.3 + 0.1 * epoch + 0.01 * seed
+            rows.append({"arm": "batchnorm=true", "seed": seed, "epoch": epoch, "metric": "val_acc", "value": base})
+            rows.append(
+                {"arm": "batchnorm=false", "seed": seed, "epoch": epoch, "metric": "val_acc", "value": base + dd}
+            )
+    return sr, pd.DataFrame(rows)
+
+
+def test_effect_by_epoch_is_the_paired_t_interval_of_each_epoch():
+    from scipy import stats as st
+
+    from ablations.report import effect_by_epoch
+
+    diffs = {1: [-0.08, -0.06, -0.07], 2: [-0.03, -0.01, -0.02], 3: [0.01, -0.02, 0.0]}
+    sr, hist = _history(diffs, "none")
+    b = effect_by_epoch(build_report(sr), hist)
+    assert b["metric"] == "val_acc" and b["final_metric"] == "test_acc" and b["pointwise"] and b["descriptive"]
+    arm = b["rows"][b["rows"]["kind"] == "arm"]
+    assert arm["epoch"].tolist() == [1, 2, 3] and arm["n"].tolist() == [3, 3, 3]
+    for row, d in zip(arm.itertuples(), diffs.values(), strict=True):
+        res = st.ttest_1samp(100 * np.array(d), 0.0)
+        ci = res.confidence_interval(0.95)
+        assert row.estimate == pytest.approx(100 * np.mean(d))
+        assert (row.ci_low, row.ci_high) == pytest.approx((ci.low, ci.high))
+    claim = b["rows"][b["rows"]["kind"] == "claim"]  # the claim's treatment minus control: the other sign
+    assert claim["estimate"].tolist() == pytest.approx((-arm["estimate"]).tolist())
+    notes = " ".join(b["notes"])
+    assert "pointwise 95% t intervals" in notes and "descriptive" in notes and "final test_acc" in notes
+    assert "constant learning rate" in notes and "what a run of e epochs" in notes
+
+
+def test_with_a_schedule_epoch_e_is_not_an_e_epoch_run_and_every_format_says_so(tmp_path):
+    from ablations.report import effect_by_epoch
+
+    sr, hist = _history({1: [-0.08, -0.06, -0.07], 2: [-0.03, -0.01, -0.02]}, "step")
+    r = build_report(sr)
+    r.by_epoch = effect_by_epoch(r, hist)
+    assert r.by_epoch["constant_lr"] is False
+    said = "is not what a run of e epochs gives"
+    for fmt in ("table", "markdown", "html", "latex"):
+        text = " ".join(render(r, fmt).split())
+        assert said in text and "pointwise" in text and "verdicts are those of the final test_acc" in text, fmt
+    j = json.loads(render(r, "json"))["by_epoch"]
+    assert j["constant_lr"] is False and any(said in n for n in j["notes"]) and len(j["rows"]) == 4
+    table = render(r, "table")
+    assert "effect by epoch" in table and "-7.00 [" in table and all(len(x) <= 100 for x in table.splitlines())
+    write_report(r, "csv", tmp_path / "r.csv")
+    assert (tmp_path / "r.by_epoch.csv").read_text().startswith("kind,comparison,vs,epoch,n,estimate")
+    from ablations.plots import effect_by_epoch_plot
+
+    assert effect_by_epoch_plot(r.by_epoch, "t").axes[0].get_xlabel() == "epoch"
+
+
+def test_report_by_epoch_command_and_json(store):
+    from click.testing import CliRunner
+
+    from ablations.cli import main
+
+    uri, _ = store
+    cli = CliRunner()
+    out = cli.invoke(main, ["report", "bn", "--tracking-uri", uri, "--by-epoch"])
+    assert out.exit_code == 0, out.output
+    assert "effect by epoch" in out.output and "pointwise" in out.output
+    assert "effect by epoch" not in cli.invoke(main, ["report", "bn", "--tracking-uri", uri]).output
+    j = json.loads(cli.invoke(main, ["report", "bn", "--tracking-uri", uri, "--format", "json"]).output)
+    assert {row["epoch"] for row in j["by_epoch"]["rows"]} == {1, 2} and j["by_epoch"]["metric"] == "val_acc"
+    html = cli.invoke(main, ["report", "bn", "--tracking-uri", uri, "--format", "html"]).output
+    assert "Effect by epoch" in html and 'alt="effect_by_epoch"' in html
+
+
+QUICK = {"train.epochs": 4, "data.train_subset": 8000, "data.val_fraction": 0.1, "data.root": None}
+FULL = {"train.epochs": 60, "data.train_subset": None, "data.val_fraction": 0.1, "data.root": None}
+SAID = (
+    "supported at profile quick (4 epochs, 8,000 images); the claim is about profile full (60 epochs, "
+    "45,000 images): not measured there"
+)
+
+
+def test_a_verdict_at_another_budget_says_so_in_every_format(tmp_path):
+    claim = {
+        **BN_CLAIM,
+        "min_effect": None,
+        "tests": "BatchNorm alone, dropout fixed",
+        "budget": "full",
+        "claimed_budget": {"profile": "full", "settings": {"train.epochs": 60}, "values": FULL},
+    }
+    sr = runs({"true": [0.60, 0.62, 0.58, 0.61], "false": [0.55, 0.57, 0.54, 0.56]}, claims=[claim])
+    sr.profile, sr.budget_values = "quick", QUICK
+    r = build_report(sr)
+    row = r.claims.iloc[0]
+    assert row["verdict"] == "supported" and row["statement"] == SAID and not row["budget_same"]
+    for fmt in ("table", "markdown", "html", "latex", "csv"):
+        text = " ".join(render(r, fmt).split())
+        assert "not measured there" in text and "profile full (60 epochs, 45,000 images)" in text, fmt
+        assert "this study tests: BatchNorm alone, dropout fixed" in text or fmt in ("csv", "table"), fmt
+    assert "claim 1: this study tests BatchNorm alone, dropout fixed" in render(r)
+    j = json.loads(render(r, "json"))["claims"][0]
+    assert j["statement"] == SAID and j["tests"] == "BatchNorm alone, dropout fixed"
+    assert j["measured_budget"]["values"] == QUICK and j["measured_budget"]["profile"] == "quick"
+    assert j["claimed_budget"]["values"] == FULL and j["claimed_budget"]["profile"] == "full"
+    # measured at the claim's budget: it says so instead
+    sr.profile, sr.budget_values = "full", FULL
+    assert build_report(sr).claims.iloc[0]["statement"] == (
+        "supported at profile full (60 epochs, 45,000 images), the budget the claim is about"
+    )
+
+
+def test_claim_budget_and_tests_are_checked_and_leave_the_study_key_alone(tmp_path):
+    from ablations.study import StudyError, load_study
+
+    body = (
+        "name: s\nquestion: q\nbase: {data.val_fraction: 0.1}\nfactors:\n  batchnorm: [true, false]\nseeds: [0]\n"
+        "profiles:\n  full: {train.epochs: 60}\n  quick: {train.epochs: 4, data.train_subset: 8000}\n"
+        "claims:\n  - {source: s, text: t, treatment: {batchnorm: true}, control: {batchnorm: false}, "
+        "direction: increase%s}\n"
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text(body % "")
+    plain = load_study(path, "quick")
+    path.write_text(body % ", budget: full, tests: BatchNorm alone")
+    named = load_study(path, "quick")
+    assert named.key == plain.key  # claims and budgets are report-only: finished runs keep their study
+    assert named.claim_records()[0]["claimed_budget"]["values"]["train.epochs"] == 60
+    path.write_text(body % ", budget: {train.epochs: 50}")
+    assert load_study(path, "quick").claim_records()[0]["claimed_budget"]["settings"] == {"train.epochs": 50}
+    path.write_text(body % ", budget: long")
+    with pytest.raises(StudyError, match=r"claims\[0\]\.budget.*no profile 'long'"):
+        load_study(path, "quick")
+    path.write_text(body % ", budget: {train.epoch: 50}")
+    with pytest.raises(StudyError, match=r"claims\[0\]\.budget"):
+        load_study(path, "quick")
