@@ -200,3 +200,80 @@ def test_runs_of_the_earlier_cnn4_are_never_pooled_with_new_ones(tmp_path, monke
 )
 def test_studies_of_the_changed_networks_have_new_keys(file, profile, old):
     assert load_study(ROOT / file, profile).key != old
+
+
+# ---- each seed study resolves to its seed's recipe ----
+
+
+def _config(file: str, profile: str = "full") -> RunConfig:
+    study = load_study(ROOT / file, profile)
+    return study.cell_config(study.cells()[0])
+
+
+def test_seed000_is_seed_000s_code():
+    """network/train.py and data/loader.py of seed 000's repository."""
+    cfg = _config("studies/seeds/seed000.yaml")
+    a = cfg.augment
+    assert cfg.model.name == "cnn4" and cfg.model.hidden == (512, 128)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.train.batch_size, cfg.train.epochs) == ("adam", 1e-3, 128, 60)
+    assert cfg.data.val_fraction == 0.0 and cfg.schedule.name == "none"
+    assert (a.crop_padding, a.flip, a.rotation) == (4, True, 0.0)
+    assert (a.brightness, a.contrast, a.saturation, a.hue) == (0.2, 0.2, 0.2, 0.05)
+    assert a.erasing == 0.25 and a.erasing_scale == (0.02, 0.15)
+    assert a.mean == (0.49139968, 0.48215827, 0.44653124) and a.std == (0.24703233, 0.24348505, 0.26158768)
+
+
+def test_seed003_is_seed_003s_code():
+    """src/dataset.py, src/train.py and run_training.py of seed 003's repository."""
+    cfg = _config("studies/seeds/seed003.yaml")
+    a, t = cfg.augment, cfg.train
+    assert cfg.model.name == "cnn_s003" and cfg.model.dropout == "both"
+    assert (cfg.optim.name, cfg.optim.lr, t.batch_size, t.epochs) == ("adam", 1e-3, 32, 100)
+    assert cfg.data.val_fraction == 0.2
+    assert (t.early_stopping, t.early_stopping_metric, t.select) == (10, "val_loss", "val_loss")
+    assert (a.crop_padding, a.flip, a.rotation, a.brightness, a.contrast, a.erasing) == (0, True, 15.0, 0, 0, 0)
+    assert a.mean == (0.4914, 0.4822, 0.4465) and a.std == (0.2023, 0.1994, 0.2010)
+
+
+def test_seed004_is_seed_004s_notebook():
+    cfg = _config("studies/seeds/seed004.yaml")
+    a = cfg.augment
+    assert cfg.model.name == "cnn_s004"
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 1e-2, 0.9)
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.data.val_fraction) == (64, 20, 0.0)
+    assert (a.crop_padding, a.flip, a.brightness, a.contrast, a.erasing) == (4, True, 0, 0, 0)
+    assert a.std == (0.2023, 0.1994, 0.2010)
+
+
+def test_cnn_vs_resnet_trains_seed_002s_recipe_with_torchvisions_resnet18():
+    study = load_study(ROOT / "studies/cnn_vs_resnet.yaml", "full")
+    configs = [study.cell_config(c) for c in study.cells() if c.seed == study.seeds[0]]
+    assert [c.model.name for c in configs] == ["cnn_s002", "resnet18_tv"]
+    for cfg in configs:
+        a = cfg.augment
+        assert (a.crop_padding, a.flip, a.rotation, a.brightness, a.contrast, a.saturation, a.hue, a.erasing) == (
+            0,
+            False,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        )
+        assert (a.mixup, a.cutmix) == (0.0, 0.0)
+        assert (cfg.optim.name, cfg.optim.lr, cfg.schedule.name, cfg.train.epochs) == ("adam", 1e-3, "step", 20)
+        assert cfg.data.val_fraction == 0.1
+
+
+@pytest.mark.parametrize("file", ["batchnorm", "dropout", "first_pool", "rotation", "tricks", "precision"])
+def test_cnn4_ablations_train_seed_000s_augmentation(file):
+    a = _config(f"studies/{file}.yaml").augment
+    assert (a.brightness, a.contrast, a.saturation, a.hue, a.erasing, a.erasing_scale) == (
+        0.2,
+        0.2,
+        0.2,
+        0.05,
+        0.25,
+        (0.02, 0.15),
+    )
