@@ -37,12 +37,13 @@ TRICKS = {
 # ---------------------------------------------------------------- keys, factors, study keys
 
 
-def test_batchnorm_study_keeps_its_key():
-    # The keys of studies/batchnorm.yaml computed on commit 5244e8e, before the tricks' keys existed:
-    # a key that changes would orphan every finished run of the study.
-    expected = {"full": "ab1a666d183d", "quick": "9a105d4ec0fc", "smoke": "d87d9d55909d"}
+def test_a_study_without_tricks_keeps_its_key():
+    # The keys of studies/seeds/seed001.yaml from before the tricks' keys existed (commit 7101f1f): a key
+    # that changes would orphan every finished run of the study. (studies/batchnorm.yaml, pinned here until
+    # issue 24, trains cnn4, whose network changed on purpose then: docs/release-notes.md.)
+    expected = {"full": "6607391f0471", "quick": "1360d8e51f53", "smoke": "4656b636cb33"}
     for profile, digest in expected.items():
-        assert load_study("studies/batchnorm.yaml", profile=profile).key == f"batchnorm:{profile}:{digest}"
+        assert load_study("studies/seeds/seed001.yaml", profile=profile).key == f"seed001:{profile}:{digest}"
 
 
 def test_each_trick_is_a_registered_factor_off_by_default_and_hashed_once_set():
@@ -110,7 +111,8 @@ def test_label_smoothing_loss_equals_pytorchs(monkeypatch):
     assert labels.dtype == torch.int64
     smoothed = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, labels)
     assert result.history[0]["train_loss"] == pytest.approx(float(smoothed), rel=1e-6)
-    assert float(smoothed) != pytest.approx(float(torch.nn.CrossEntropyLoss()(logits, labels)), rel=1e-3)
+    # cnn4's three linear layers start with logits near 0, where smoothing changes the loss by ~5e-4 of it
+    assert float(smoothed) != pytest.approx(float(torch.nn.CrossEntropyLoss()(logits, labels)), rel=1e-4)
 
 
 # ---------------------------------------------------------------- mixup and cutmix
@@ -324,9 +326,10 @@ def test_ema_weights_follow_the_formula_and_are_evaluated_kept_and_checkpointed(
     ema = steps[0]
     for w in steps[1:]:
         ema = [d * e + (1 - d) * x for e, x in zip(ema, w, strict=True)]
-    for name, e, last in zip(names, ema, steps[-1], strict=True):
+    for name, e, first, last in zip(names, ema, steps[0], steps[-1], strict=True):
         torch.testing.assert_close(result.state_dict[name], e, rtol=1e-5, atol=1e-7, msg=name)
-        assert not torch.allclose(e, last)  # the raw weights are not what was kept
+        # the raw weights are not what was kept (a conv bias before a BatchNorm, whose gradient is ~0, barely moves)
+        assert not torch.allclose(e, last) or torch.allclose(first, last), name
     raw = models[0].state_dict()
     for name in (k for k in raw if "running" in k or "num_batches" in k):
         assert torch.equal(result.state_dict[name], raw[name]), name
