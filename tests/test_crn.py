@@ -106,15 +106,15 @@ def test_rotation_on_and_off_keep_the_other_operations_draws():
 def test_dropout_masks_equal_across_arms_where_shapes_agree():
     fc = create_model(ModelConfig(name="cnn4", dropout="fc", dropout_p=0.3), seed=0)
     both = create_model(ModelConfig(name="cnn4", dropout="both", dropout_p=0.3), seed=0)
-    d_fc, d_both = fc.classifier[1], both.classifier[1]
+    d_fc, d_both = fc.classifier[3], both.classifier[3]  # seed 000's head: Linear(4096, 512), ReLU, Dropout
     assert isinstance(d_fc, SeededDropout) and isinstance(d_both, SeededDropout)
-    x = torch.ones(32, 4096)
+    x = torch.ones(32, 512)
     first = d_fc(x)
     assert torch.equal(first, d_both(x))
     assert not torch.equal(first, d_fc(x))  # the next forward draws a new mask
     keep = (first != 0).float().mean().item()
     assert abs(keep - 0.7) < 0.01 and torch.allclose(first[first != 0], torch.tensor(1 / 0.7))
-    other = create_model(ModelConfig(name="cnn4", dropout="fc", dropout_p=0.3), seed=1).classifier[1]
+    other = create_model(ModelConfig(name="cnn4", dropout="fc", dropout_p=0.3), seed=1).classifier[3]
     assert not torch.equal(first, other(x))
     d_fc.eval()
     assert torch.equal(d_fc(x), x)

@@ -101,6 +101,11 @@ def test_a_plugin_registers_its_model_and_its_options_fill_in(tmp_path):
     assert [c.name for c in study.code] == ["models.py"] and study.code[0].text == MODEL
 
 
+def _searched(study: str) -> str:
+    """The study as the head of a search: no seeds list, and the validation metric (the test set never chooses)."""
+    return study.replace("seeds: [0, 1]\n", "").replace("metric: {name: test_acc,", "metric: {name: val_acc,")
+
+
 def test_options_as_set_mapping_and_search_key(tmp_path):
     path = write(tmp_path)
     study = load_study(path, sets=parse_sets(["model.options.width=16", "model.options.scale=2"]))
@@ -109,7 +114,7 @@ def test_options_as_set_mapping_and_search_key(tmp_path):
     whole = STUDY.replace("train.device: cpu}", "train.device: cpu, model.options: {width: 4}}")
     cfg = load_study(write(tmp_path, study=whole)).config
     assert cfg.model.options == {"width": 4}
-    search = STUDY.replace("seeds: [0, 1]\n", "") + (
+    search = _searched(STUDY) + (
         "search:\n  space:\n    model.options.width: {type: int, low: 4, high: 16}\n  n_trials: 2\n"
     )
     assert load_study(write(tmp_path, study=search)).search.space["model.options.width"].high == 16
@@ -384,7 +389,7 @@ def test_every_run_and_the_parent_log_the_code_and_a_run_rebuilds_its_model(tmp_
     monkeypatch.setattr(runner, "load_splits", lambda cfg: tiny_splits())
     summary = runner.run_study(load_study(write(tmp_path)), progress=False)
     assert len(summary.trained) == 4
-    search = STUDY.replace("seeds: [0, 1]\n", "") + (
+    search = _searched(STUDY) + (
         "search:\n  space:\n    model.options.width: {type: int, low: 4, high: 8}\n  n_trials: 1\n"
     )
     (tmp_path / "search.yaml").write_text(search.replace("name: mine", "name: mine_search"))

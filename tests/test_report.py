@@ -361,8 +361,8 @@ def test_every_seed_claim_names_the_budget_it_was_made_at(study):
         ("first_pool", {"first_pool": True}, {"first_pool": False}, None, "decrease"),
         ("dropout", {"dropout": "conv"}, {"dropout": "fc"}, None, "decrease"),
         ("scheduler", {"scheduler": "step"}, {"scheduler": "none"}, None, "increase"),
-        ("cnn_vs_resnet", {"model": "resnet18"}, {"model": "cnn_s002"}, None, "increase"),
-        ("cnn_vs_resnet", {"model": "resnet18"}, {"model": "cnn_s002"}, "train_test_acc_gap", "increase"),
+        ("cnn_vs_resnet", {"model": "resnet18_tv"}, {"model": "cnn_s002"}, None, "increase"),
+        ("cnn_vs_resnet", {"model": "resnet18_tv"}, {"model": "cnn_s002"}, "train_test_acc_gap", "increase"),
     ],
 )
 def test_factor_studies_carry_the_seeds_claims(study, treatment, control, metric, direction):
