@@ -13,6 +13,12 @@
 #                  throw-away MLflow and Optuna stores, with their wall times;
 #   full           the full profile (6 runs of 60 epochs on all 45,000 training images: the issue's
 #                  10-minute target); also with GPU_CHECK_FULL=1.
+# and, only when GPU_CHECK_STEPS names them (each fits one 10-minute call on an H100):
+#   seed000, seed003  the seed's full recipe (studies/seeds/seed00N.yaml --profile full, 3 seeds): the
+#                  reproduction rows of docs/seeds.md;
+#   transfer       studies/batchnorm.yaml and studies/rotation.yaml at --profile quick and medium (15
+#                  epochs on all 45,000 images), 3 seeds each, with report --by-epoch and its figures: the
+#                  transfer table of docs/report.md.
 # On a CPU-only machine it runs as far as it can in a few minutes: the `cuda` tests (they skip),
 # throughput.py with a few steps on the CPU, fused.py for K = 1, 2 on the CPU, and skips the studies
 # with a message. Every step's output goes to a log file named in the summary.
@@ -104,6 +110,31 @@ elif [ -n "$STUDIES" ] && [ "$DEVICE" = cuda ]; then
 elif [ -n "$STUDIES" ]; then
     skip_step batchnorm-studies "no CUDA device (the studies on the CPU: make run)"
 fi
+
+# The long measurements, each in its own throw-away stores, with the report (and the effect by epoch).
+for long in seed000 seed003 transfer; do
+    wanted $long || continue
+    if [ "$DEVICE" != cuda ] || [ -z "${ABLATE_DATA:-}" ]; then
+        skip_step "$long" "needs a CUDA device and ABLATE_DATA"
+        continue
+    fi
+    LONG_STORES=$(mktemp -d -t "ablate-gpu-$long.XXXXXX")
+    store=(--tracking-uri "sqlite:///$LONG_STORES/mlflow.db")
+    case $long in
+    seed000 | seed003)
+        run_step "$long-full" "$ABLATE" run "studies/seeds/$long.yaml" --profile full --set train.device=cuda \
+            "${store[@]}" --storage "sqlite:///$LONG_STORES/optuna.db" ;;
+    transfer)
+        for study in batchnorm rotation; do
+            for profile in quick medium; do
+                run_step "$study-$profile" "$ABLATE" run "studies/$study.yaml" --profile $profile \
+                    --set train.device=cuda "${store[@]}" --storage "sqlite:///$LONG_STORES/optuna.db"
+                run_step "$study-$profile-by-epoch" "$ABLATE" report "$study" --profile $profile "${store[@]}" \
+                    --by-epoch --plots "$LOGS/$study-$profile-plots"
+            done
+        done ;;
+    esac
+done
 
 {
     echo
