@@ -268,6 +268,28 @@ def looks_plot(looks: list[dict], unit: str = "", margin: float | None = None, t
     return fig
 
 
+def _same_lines(rows: pd.DataFrame) -> dict[str, list[str]]:
+    """Comparisons grouped by their per-epoch rows: those with the same epochs, estimates and intervals
+    (two claims of one treatment against one control, say) are one line, keyed by the first's name."""
+    groups: dict[tuple, list[str]] = {}
+    for name in dict.fromkeys(rows["comparison"]):
+        r = rows[rows["comparison"] == name].sort_values("epoch")
+        sig = tuple(tuple(r[c].round(9).fillna(float("inf"))) for c in ("epoch", "estimate", "ci_low", "ci_high"))
+        groups.setdefault(sig, []).append(name)
+    return {members[0]: members for members in groups.values()}
+
+
+def _joined_label(names: list[str]) -> str:
+    """One legend entry for comparisons drawn as one line: ``claims 1, 2: a vs b`` where only the claim
+    numbers differ, else the names joined with `` = ``."""
+    if len(names) == 1:
+        return names[0]
+    parts = [n.split(": ", 1) for n in names]
+    if all(len(p) == 2 and p[0].startswith("claim ") for p in parts) and len({p[1] for p in parts}) == 1:
+        return f"claims {', '.join(p[0].removeprefix('claim ') for p in parts)}: {parts[0][1]}"
+    return " = ".join(names)
+
+
 def effect_by_epoch_plot(by_epoch: dict, title: str = "") -> Figure:
     """Each comparison's paired difference after every epoch with its pointwise interval.
 
@@ -279,7 +301,8 @@ def effect_by_epoch_plot(by_epoch: dict, title: str = "") -> Figure:
 
     Returns:
         A Figure: one line per comparison with a band for its interval (no band where it cannot be
-        computed), 0 marked, and a caption saying the intervals are pointwise and descriptive and the
+        computed; comparisons with the same rows, such as two claims on one pair of arms, share one line
+        and one legend entry), 0 marked, and a caption saying the intervals are pointwise and descriptive and the
         verdict is the final metric's.
 
     Raises:
@@ -288,13 +311,13 @@ def effect_by_epoch_plot(by_epoch: dict, title: str = "") -> Figure:
     rows = by_epoch["rows"]
     if rows.empty:
         raise ValueError("no per-epoch differences to plot")
-    names = list(dict.fromkeys(rows["comparison"]))
-    colours = arm_colours(names)
+    groups = _same_lines(rows)
+    colours = arm_colours(list(groups))
     fig = Figure(figsize=(8, 4.2), layout="constrained")
     ax = fig.subplots()
-    for name in names:
-        r = rows[rows["comparison"] == name].sort_values("epoch")
-        ax.plot(r["epoch"], r["estimate"], "-o", ms=3, color=colours[name], label=name)
+    for name, members in groups.items():
+        r = rows[rows["comparison"] == members[0]].sort_values("epoch")
+        ax.plot(r["epoch"], r["estimate"], "-o", ms=3, color=colours[name], label=_joined_label(members))
         ok = r["ci_low"].notna()
         ax.fill_between(r["epoch"][ok], r["ci_low"][ok], r["ci_high"][ok], color=colours[name], alpha=0.15, lw=0)
     ax.axhline(0, color="grey", lw=1)

@@ -673,6 +673,33 @@ def test_with_a_schedule_epoch_e_is_not_an_e_epoch_run_and_every_format_says_so(
     assert effect_by_epoch_plot(r.by_epoch, "t").axes[0].get_xlabel() == "epoch"
 
 
+def test_effect_by_epoch_plot_draws_identical_comparisons_once():
+    """Two claims on one pair of arms have the same rows: one line, one legend entry naming both."""
+    import pandas as pd
+
+    from ablations.plots import effect_by_epoch_plot
+
+    def rows(name, est):
+        return [
+            {"comparison": name, "epoch": e, "estimate": x, "ci_low": x - 1, "ci_high": x + 1}
+            for e, x in enumerate(est, 1)
+        ]
+
+    df = pd.DataFrame(
+        rows("bn=false", [-3.0, -2.0])
+        + rows("claim 1: bn=true vs bn=false", [3.0, 2.0])
+        + rows("claim 2: bn=true vs bn=false", [3.0, 2.0])
+    )
+    by = {"rows": df, "metric": "val_acc", "final_metric": "test_acc", "level": 0.95, "unit": "pp"}
+    ax = effect_by_epoch_plot(by).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["bn=false", "claims 1, 2: bn=true vs bn=false"]
+    assert len(ax.get_lines()) == 3  # two comparisons and the zero line
+    df.loc[df["comparison"] == "claim 2: bn=true vs bn=false", "estimate"] += 0.5
+    labels = [t.get_text() for t in effect_by_epoch_plot(by).axes[0].get_legend().get_texts()]
+    assert len(labels) == 3
+
+
 def test_report_by_epoch_command_and_json(store):
     from click.testing import CliRunner
 
