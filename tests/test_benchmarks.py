@@ -58,3 +58,39 @@ def test_gpu_device_without_the_bundle_says_what_to_run(tmp_path):
     )
     assert out.returncode == 2
     assert "make gpu-bundle" in out.stderr and "carry .gpu" in out.stderr
+
+
+def test_seed000_fidelity_evaluates_what_the_engine_evaluates_and_fails_in_one_line(tmp_path):
+    """Seed 000's test transform (ToImage, ToDtype, Normalize) gives the engine's evaluation input, and
+    the training transform is random per image; without data the script says so in one line."""
+    import importlib.util
+
+    import torch
+
+    from core.augment import normalize
+
+    spec = importlib.util.spec_from_file_location("seed000_fidelity", ROOT / "benchmarks" / "seed000_fidelity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(4)
+    test = mod.SeedTransforms(x, y, train=False)
+    got = torch.stack([test[i][0] for i in range(4)])
+    assert torch.allclose(got, normalize(x, mod.MEAN, mod.STD), atol=1e-5)
+    train = mod.SeedTransforms(x, y, train=True)
+    torch.manual_seed(0)
+    assert not torch.allclose(train[0][0], test[0][0])  # crop, flip, jitter, erasing: not the identity
+    assert train[0][0].shape == (3, 32, 32) and train[0][1] == 0
+
+    env = {**os.environ, "ABLATE_DATA": str(tmp_path / "nowhere.tar.gz"), "HOME": str(tmp_path)}
+    env.update(ABLATE_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "seed000_fidelity.py"), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("Error: ") and len(out.stderr.strip().splitlines()) == 1
