@@ -402,7 +402,13 @@ def per_replica_topk(logits: Tensor, targets: Tensor, k: int = 1) -> Tensor:
 
     Returns:
         int64 (K,) on the logits' device (no host sync).
+
+    For ``k == 1`` the prediction is ``argmax`` (the first of tied logits), the same as the confusion
+    matrix's, so top-1 accuracy equals the count-weighted mean of the per-class accuracies even where
+    logits tie (bf16 logits of an untrained network often do; ``topk`` breaks ties in another order).
     """
     t = targets if targets.dim() == 2 else targets.expand(logits.shape[0], -1)
+    if k == 1:
+        return (logits.argmax(dim=-1) == t).sum(-1)
     top = logits.topk(k, dim=-1).indices  # (K, B, k)
     return (top == t[..., None]).any(-1).sum(-1)

@@ -18,7 +18,11 @@ def topk_correct(logits: Tensor, targets: Tensor, k: int = 1) -> Tensor:
 
     Returns:
         A 0-dim int64 tensor on the logits' device (no host sync).
+
+    For ``k == 1`` the prediction is ``argmax`` (the first of tied logits), as in the confusion matrix.
     """
+    if k == 1:
+        return (logits.argmax(dim=1) == targets).sum()
     top = logits.topk(k, dim=1).indices  # (B, k)
     return (top == targets[:, None]).any(dim=1).sum()
 

@@ -151,3 +151,32 @@ def test_early_stopping_ends_the_run():
     cfg = apply_overrides(RunConfig(), {**TINY, **frozen, "train.epochs": 6, "train.early_stopping": 1})
     result = fit(cfg, tiny_splits())
     assert len(result.history) == 2
+
+
+def test_top1_takes_the_first_of_tied_logits_as_the_confusion_matrix_does():
+    """bf16 logits of an untrained network tie often: top-1 accuracy must then equal the count-weighted
+    mean of the per-class accuracies, both taking argmax's prediction (the first of the tied classes;
+    torch.topk returns the last of a tie between classes 0 and 9 on the CPU)."""
+    from core.fused import per_replica_topk
+    from core.metrics import confusion_matrix, topk_correct
+    from core.train import evaluate
+
+    class Tie(torch.nn.Module):  # classes 0 and 9 share the highest logit for every image
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            logits = torch.full((len(x), 10), -1.0) + self.w
+            logits[:, [0, 9]] = 0.5
+            return logits
+
+    y = torch.tensor([0] * 8 + [9] * 2 + [c for c in range(1, 9) for _ in range(3)])  # 34 images
+    logits = Tie()(torch.zeros(len(y), 1))
+    assert int(topk_correct(logits, y)) == 8 == int(per_replica_topk(logits[None], y)[0])
+    assert int(confusion_matrix(logits.argmax(1), y, 10).diagonal().sum()) == 8
+    x = torch.randint(0, 256, (len(y), 3, 32, 32), dtype=torch.uint8)
+    cfg = apply_overrides(RunConfig(), {"train.device": "cpu", "train.eval_batch_size": 16})
+    out = evaluate(Tie(), x, y, cfg, topk=(1, 3), num_classes=10)
+    assert out["acc"] == pytest.approx(8 / 34) and int(out["confusion"].diagonal().sum()) == 8
+    assert out["top3"] == pytest.approx(13 / 34)  # classes 0, 9 and one of the rest (3 images each)
