@@ -511,7 +511,7 @@ def _worker_args(
     "--by-epoch",
     is_flag=True,
     help="Add each comparison's difference in the per-epoch metric (val_acc for test_acc) after every epoch, "
-    "with pointwise 95%% t intervals (descriptive: the verdicts stay the final metric's). JSON and HTML "
+    "with pointwise 95% t intervals (descriptive: the verdicts stay the final metric's). JSON and HTML "
     "always carry it.",
 )
 @tracking_option

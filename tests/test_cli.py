@@ -28,6 +28,14 @@ def test_dry_run_lists_cells_and_trains_nothing(workdir):
     assert not (workdir / "mlruns").exists()
 
 
+def test_help_texts_print_percent_signs_once():
+    """click prints help verbatim (no %-formatting as in argparse), so a doubled %% reaches the user."""
+    for name, command in main.commands.items():
+        out = CliRunner().invoke(main, [name, "--help"], terminal_width=200)
+        assert out.exit_code == 0, out.output
+        assert "%%" not in out.output, f"ablate {name} --help: {out.output}"
+
+
 def test_typo_in_study_stops_at_once_naming_it(workdir):
     bad = workdir / "bad.yaml"
     bad.write_text(Path(STUDY).read_text().replace("seeds:", "sedes:"))
