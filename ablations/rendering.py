@@ -722,7 +722,8 @@ def _embedded_figures(r: Report) -> list[str]:
 
 def figures_of(r: Report, histories: bool = True) -> dict:
     """The report's figures by name: ``effects``, ``learning_curves`` (needs the MLflow store),
-    ``per_class`` (when the runs log per-class accuracy), for a sequential study ``looks``, and
+    ``per_class`` (when the runs log per-class accuracy and more than one arm has runs: it draws
+    differences to the baseline), for a sequential study ``looks``, and
     ``effect_by_epoch`` (needs the store; computes ``r.by_epoch`` when it is not yet).
 
     Args:
@@ -740,7 +741,7 @@ def figures_of(r: Report, histories: bool = True) -> dict:
     hist = load_histories(r.runs) if histories and r.runs.tracking_uri else pd.DataFrame()
     if not hist.empty:
         figures["learning_curves"] = plots.arm_learning_curves(hist, list(r.arms["arm"]), title)
-    if plots.per_class_columns(r.runs.runs):
+    if plots.per_class_columns(r.runs.runs) and r.runs.runs["arm"].nunique() > 1:
         figures["per_class"] = plots.per_class_difference(r.runs.runs, r.baseline, title, list(r.arms["arm"]))
     if r.sequential is not None and r.sequential.get("looks"):
         margin = r.sequential.get("equivalence_margin")

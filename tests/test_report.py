@@ -485,6 +485,23 @@ def test_plots_are_written_and_logged_to_the_parent_run(store, tmp_path):
     assert {f"report/{n}" for n in names} <= logged
 
 
+def test_a_one_arm_study_draws_no_per_class_differences(store):
+    """A reproduction study (one arm, as studies/seeds/) has no difference to the baseline to draw: an
+    empty per-class figure and matplotlib's "No artists with labels" warning, before."""
+    import warnings
+
+    from ablations.rendering import figures_of
+
+    uri, _ = store
+    sr = load_runs("bn", uri)
+    one_arm = dataclasses.replace(sr, runs=sr.runs[sr.runs["arm"] == "batchnorm=true"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figures = figures_of(build_report(one_arm), histories=False)
+    assert "per_class" not in figures and "effects" in figures
+    assert "per_class" in figures_of(build_report(sr), histories=False)
+
+
 def test_report_command(store, tmp_path):
     from click.testing import CliRunner
 
