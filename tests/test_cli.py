@@ -30,7 +30,7 @@ def test_dry_run_lists_cells_and_trains_nothing(workdir):
 
 def test_help_texts_print_percent_signs_once():
     """click prints help verbatim (no %-formatting as in argparse), so a doubled %% reaches the user."""
-    for name, command in main.commands.items():
+    for name in main.commands:
         out = CliRunner().invoke(main, [name, "--help"], terminal_width=200)
         assert out.exit_code == 0, out.output
         assert "%%" not in out.output, f"ablate {name} --help: {out.output}"
