@@ -81,6 +81,13 @@ def test_seed000_fidelity_evaluates_what_the_engine_evaluates_and_fails_in_one_l
     torch.manual_seed(0)
     assert not torch.allclose(train[0][0], test[0][0])  # crop, flip, jitter, erasing: not the identity
     assert train[0][0].shape == (3, 32, 32) and train[0][1] == 0
+    # seed 003's src/dataset.py: v1 transforms on a PIL image, its own mean and std; flip and rotation
+    test = mod.SeedTransforms(x, y, train=False, study="seed003")
+    got = torch.stack([test[i][0] for i in range(4)])
+    assert torch.allclose(got, normalize(x, mod.MEAN_003, mod.STD_003), atol=1e-5)
+    train = mod.SeedTransforms(x, y, train=True, study="seed003")
+    torch.manual_seed(0)
+    assert not torch.allclose(train[0][0], test[0][0]) and train[0][0].shape == (3, 32, 32)
 
     env = {**os.environ, "ABLATE_DATA": str(tmp_path / "nowhere.tar.gz"), "HOME": str(tmp_path)}
     env.update(ABLATE_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
