@@ -77,15 +77,43 @@ def rdb_storage(
             e.g. killed with SIGKILL) after it is marked FAILED (see :func:`fail_stale_trials`).
     """
     url = resolve_storage(storage)
-    return _RetryingStorage(
+    sqlite = url.startswith("sqlite")
+    rdb = _RetryingStorage(
         url,
-        # several worker processes share one SQLite file: wait for its lock rather than fail at once;
+        # several worker processes share one SQLite file: wait for its lock rather than fail at once
+        # (isolation_level None: transactions begin where serialize_sqlite says, not where pysqlite guesses);
         # a server's pooled connections die when it restarts: test each before use
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True},
+        engine_kwargs={"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True},
         heartbeat_interval=HEARTBEAT_S,
         grace_period=GRACE_S,
         heartbeat_stale_trial_callback=on_stale,
     )
+    if sqlite:
+        serialize_sqlite(rdb.engine)
+    return rdb
+
+
+def serialize_sqlite(engine) -> None:
+    """Make every transaction on a SQLite ``engine`` take the database's write lock when it begins.
+
+    Optuna claims a queued trial (``Study.ask``) and fails a stale one by reading its state and then
+    writing it, in one transaction, with ``SELECT ... FOR UPDATE``. SQLite has no row locks, and Python's
+    sqlite3 module begins a transaction only at the first write, so two workers could both read
+    ``WAITING`` and both take the same trial: two processes trained one cell and the second one's
+    ``tell`` failed with "Cannot tell a COMPLETE trial". ``BEGIN IMMEDIATE`` makes the read and the
+    write one atomic step (SQLAlchemy's recipe for serializable SQLite, "Serializable isolation /
+    Savepoints / Transactional DDL" in its pysqlite dialect documentation). Workers wait for each
+    other's short transactions, up to the connection's ``timeout``.
+
+    Args:
+        engine: the ``sqlalchemy.engine.Engine`` of an ``optuna.storages.RDBStorage`` on a
+            ``sqlite://`` URL, created with ``connect_args={"isolation_level": None}``.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # How long a storage call retries while the database is unreachable (a PostgreSQL restart, a network
