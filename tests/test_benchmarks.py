@@ -101,3 +101,52 @@ def test_seed000_fidelity_evaluates_what_the_engine_evaluates_and_fails_in_one_l
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("Error: ") and len(out.stderr.strip().splitlines()) == 1
+
+
+def _transfer_report(profile: str, diff: float, verdict: str, claim_verdict: str) -> dict:
+    """The parts of ``ablate report --format json`` that benchmarks/transfer_table.py reads."""
+    effect = {"kind": "arm", "effect": "bn=false", "vs": "bn=true", "n": 3, "verdict": verdict}
+    effect.update(estimate=diff, ci_low=diff - 1, ci_high=diff + 1)
+    claim = {**effect, "treatment": "bn=true", "control": "bn=false", "metric": "test_acc", "verdict": claim_verdict}
+    claim.update(estimate=-diff, ci_low=-diff - 1, ci_high=-diff + 1)
+    claim["measured_budget"] = {"text": f"profile {profile} (4 epochs, 8,000 images)"}
+    rows = [
+        {"kind": "arm", "comparison": "bn=false", "epoch": e, "estimate": diff, "ci_low": diff - 2, "ci_high": diff + 2}
+        for e in (1, 2)
+    ]
+    rows.append({"kind": "claim", "comparison": "claim 1: bn=true vs bn=false", "epoch": 2, "estimate": -diff})
+    rows[-1].update(ci_low=-diff - 2, ci_high=-diff + 2)
+    return {
+        "profile": profile,
+        "metric": "test_acc",
+        "budget": {},
+        "effects": [effect],
+        "claims": [claim],
+        "by_epoch": {"metric": "val_acc", "rows": rows},
+    }
+
+
+def test_transfer_table_says_which_verdicts_held_at_the_larger_budget():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from transfer_table import markdown, transfer_rows
+
+    reports = {
+        "quick": _transfer_report("quick", -6.7, "worse", "supported"),
+        "medium": _transfer_report(
+            "medium", -0.4, "no detectable difference", "inconclusive at this budget (profile medium, 3 seeds per arm)"
+        ),
+    }
+    rows = transfer_rows(reports)
+    assert [(r["comparison"], r["profile"]) for r in rows] == [
+        ("bn=false vs bn=true", "quick"),
+        ("bn=false vs bn=true", "medium"),
+        ("claim 1: bn=true vs bn=false", "quick"),
+        ("claim 1: bn=true vs bn=false", "medium"),
+    ]
+    assert [r["held"] for r in rows] == ["", "changed (was worse)", "", "changed (was supported)"]
+    assert rows[3]["verdict"] == "inconclusive" and rows[1]["budget"] == "4 epochs, 8,000 images"
+    assert rows[0]["difference [95% CI]"] == "-6.70 [-7.70, -5.70]"
+    assert rows[0]["last epoch"] == "val_acc after epoch 2: -6.70 [-8.70, -4.70]"
+    same = transfer_rows({"quick": reports["quick"], "medium": _transfer_report("medium", -3.0, "worse", "supported")})
+    assert [r["held"] for r in same] == ["", "held", "", "held"]
+    assert markdown(rows).count("\n") == 2 + len(rows)
